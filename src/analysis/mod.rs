@@ -1,0 +1,4 @@
+//! Pure functions over what was read from a process: no I/O here, so every
+//! rule can be unit-tested on recorded fixtures.
+
+pub mod groups;

@@ -1,0 +1,20 @@
+//! memsleuth finds out why a running Python process keeps growing, without
+//! restarting it and without gdb.
+//!
+//! The crate is laid out the way the investigation goes:
+//!
+//! - [`process`]: facts about a process from /proc (status, maps, smaps, fds,
+//!   SysV segments). Read-only, no ptrace.
+//! - [`python`]: finding the interpreter in a process and reading its version
+//!   from the binary on disk.
+//! - [`analysis`]: pure functions over what was read: grouping mappings by the
+//!   object behind them, and classifying growth between samples.
+//! - [`render`]: turning results into text tables and JSON.
+//! - [`commands`]: one thin module per subcommand tying the above together.
+
+pub mod analysis;
+pub mod cli;
+pub mod commands;
+pub mod process;
+pub mod python;
+pub mod render;

@@ -1,0 +1,4 @@
+//! Turning results into text for people and JSON for programs.
+
+pub mod table;
+pub mod units;
