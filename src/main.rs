@@ -1,1 +1,29 @@
-fn main() {}
+use clap::Parser;
+use std::process::ExitCode;
+
+use memsleuth::cli::{Cli, Command};
+use memsleuth::commands;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ps(args) => commands::ps::run(&args),
+        Command::Top(args) => commands::top::run(&args),
+        Command::Maps(args) => commands::maps::run(&args),
+        Command::Shm(args) => commands::shm::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // A closed pipe (`memsleuth ps | head`) is not an error.
+            if err.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("memsleuth: {}", commands::error_sentence(&err));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -22,22 +22,45 @@ const MAX_GUARD: u64 = 64 << 10;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Backing {
     /// A SysV segment: the maps inode is the shmid, the path carries the key.
-    Sysv { shmid: u64, key: u32 },
+    Sysv {
+        shmid: u64,
+        key: u32,
+    },
     /// POSIX shared memory under /dev/shm (Python's SharedMemory).
-    PosixShm { path: String, inode: u64 },
-    Memfd { name: String, inode: u64 },
+    PosixShm {
+        path: String,
+        inode: u64,
+    },
+    Memfd {
+        name: String,
+        inode: u64,
+    },
     /// MAP_SHARED|MAP_ANONYMOUS: "/dev/zero (deleted)"; each mmap is its own object.
-    SharedAnon { inode: u64 },
-    File { path: String, dev: String, inode: u64 },
-    DeletedFile { path: String, dev: String, inode: u64 },
+    SharedAnon {
+        inode: u64,
+    },
+    File {
+        path: String,
+        dev: String,
+        inode: u64,
+    },
+    DeletedFile {
+        path: String,
+        dev: String,
+        inode: u64,
+    },
     Heap,
     MainStack,
     ThreadStacks,
     GlibcArenas,
     /// `[anon:name]` set with PR_SET_VMA_ANON_NAME.
-    NamedAnon { name: String },
+    NamedAnon {
+        name: String,
+    },
     /// [vdso], [vvar], [vsyscall].
-    Kernel { name: String },
+    Kernel {
+        name: String,
+    },
     Anonymous,
 }
 
@@ -59,9 +82,10 @@ pub enum Category {
 impl Backing {
     pub fn category(&self) -> Category {
         match self {
-            Backing::Sysv { .. } | Backing::PosixShm { .. } | Backing::Memfd { .. } | Backing::SharedAnon { .. } => {
-                Category::SharedMemory
-            }
+            Backing::Sysv { .. }
+            | Backing::PosixShm { .. }
+            | Backing::Memfd { .. }
+            | Backing::SharedAnon { .. } => Category::SharedMemory,
             Backing::File { .. } => Category::File,
             Backing::DeletedFile { .. } => Category::DeletedFile,
             Backing::Heap => Category::Heap,
@@ -80,7 +104,10 @@ impl Backing {
 
     /// Objects that can be "mapped again": files and shared memory.
     pub fn is_object(&self) -> bool {
-        matches!(self.category(), Category::SharedMemory | Category::File | Category::DeletedFile)
+        matches!(
+            self.category(),
+            Category::SharedMemory | Category::File | Category::DeletedFile
+        )
     }
 
     /// The name a person sees, in pmap's style for SysV segments.
@@ -135,8 +162,10 @@ pub fn classify(maps: &[Mapping]) -> Vec<Backing> {
         let m = &maps[i];
         // glibc arena heap: 64 MiB-aligned, rw-p head plus a ---p tail that
         // together reserve exactly 64 MiB (the tail shrinks as it is used).
-        if m.start % ARENA_HEAP_SIZE == 0 && !m.shared() {
-            let tail = maps.get(i + 1).filter(|n| n.start == m.end && n.is_anonymous() && n.no_access());
+        if m.start.is_multiple_of(ARENA_HEAP_SIZE) && !m.shared() {
+            let tail = maps
+                .get(i + 1)
+                .filter(|n| n.start == m.end && n.is_anonymous() && n.no_access());
             let total = m.size() + tail.map_or(0, |t| t.size());
             if total == ARENA_HEAP_SIZE && (m.writable() || tail.is_some()) {
                 out[i] = Backing::GlibcArenas;
@@ -149,7 +178,11 @@ pub fn classify(maps: &[Mapping]) -> Vec<Backing> {
         // Thread stack: a small ---p guard directly below an rw-p region.
         if m.writable() && !m.shared() && i > 0 {
             let g = &maps[i - 1];
-            if out[i - 1] == Backing::Anonymous && g.end == m.start && g.no_access() && g.size() <= MAX_GUARD {
+            if out[i - 1] == Backing::Anonymous
+                && g.end == m.start
+                && g.no_access()
+                && g.size() <= MAX_GUARD
+            {
                 out[i - 1] = Backing::ThreadStacks;
                 out[i] = Backing::ThreadStacks;
             }
@@ -169,32 +202,51 @@ fn classify_one(m: &Mapping) -> Backing {
             "heap" => Backing::Heap,
             "stack" => Backing::MainStack,
             n if n.starts_with("stack:") => Backing::ThreadStacks,
-            n if n.starts_with("anon:") || n.starts_with("anon_shmem:") => {
-                Backing::NamedAnon { name: n.split_once(':').map_or("", |x| x.1).to_string() }
-            }
-            _ => Backing::Kernel { name: path.to_string() },
+            n if n.starts_with("anon:") || n.starts_with("anon_shmem:") => Backing::NamedAnon {
+                name: n.split_once(':').map_or("", |x| x.1).to_string(),
+            },
+            _ => Backing::Kernel {
+                name: path.to_string(),
+            },
         };
     }
     let clean = m.clean_path();
     if m.dev_major == 0 {
         if let Some(key) = sysv_key(clean) {
-            return Backing::Sysv { shmid: m.inode, key };
+            return Backing::Sysv {
+                shmid: m.inode,
+                key,
+            };
         }
         if let Some(name) = clean.strip_prefix("/memfd:") {
-            return Backing::Memfd { name: name.to_string(), inode: m.inode };
+            return Backing::Memfd {
+                name: name.to_string(),
+                inode: m.inode,
+            };
         }
         if clean == "/dev/zero" && m.shared() {
             return Backing::SharedAnon { inode: m.inode };
         }
     }
     if clean.starts_with("/dev/shm/") {
-        return Backing::PosixShm { path: clean.to_string(), inode: m.inode };
+        return Backing::PosixShm {
+            path: clean.to_string(),
+            inode: m.inode,
+        };
     }
     let dev = format!("{:02x}:{:02x}", m.dev_major, m.dev_minor);
     if m.is_deleted() {
-        Backing::DeletedFile { path: clean.to_string(), dev, inode: m.inode }
+        Backing::DeletedFile {
+            path: clean.to_string(),
+            dev,
+            inode: m.inode,
+        }
     } else {
-        Backing::File { path: path.to_string(), dev, inode: m.inode }
+        Backing::File {
+            path: path.to_string(),
+            dev,
+            inode: m.inode,
+        }
     }
 }
 
@@ -222,8 +274,11 @@ pub struct Group {
     pub pss: u64,
     pub swap: u64,
     pub dirty: u64,
-    /// The most times one identical range of the object is mapped.
-    pub max_repeat: usize,
+    /// How many separate times the object is mapped: runs of address-adjacent
+    /// mappings whose file offsets move forward. A shared library's segments
+    /// (RELRO even maps one page twice) form one run; `mmap(fd, 0)` done
+    /// twice forms two, even when the kernel places them side by side.
+    pub instances: usize,
     /// How far into the object the mappings reach (its apparent size).
     pub object_extent: u64,
     /// The object's real size when known (SysV size from /proc/sysvipc/shm).
@@ -231,17 +286,10 @@ pub struct Group {
 }
 
 impl Group {
-    /// Mapped more than once in this process: any second mapping of a shared
-    /// memory object, or a second identical range of a file (a shared
-    /// library's segments map different ranges and do not count).
+    /// Mapped more than once in this process (a file or shared-memory
+    /// object with two or more separate instances).
     pub fn is_repeated(&self) -> bool {
-        if self.backing.is_shared_object() {
-            self.mappings > 1
-        } else if self.backing.is_object() {
-            self.max_repeat > 1
-        } else {
-            false
-        }
+        self.backing.is_object() && self.instances > 1
     }
 
     /// The plain-words flag for a repeated mapping.
@@ -250,7 +298,7 @@ impl Group {
         format!(
             "{} is mapped {} times: {} of RSS for one {} {}",
             self.backing.noun(),
-            self.mappings,
+            self.instances,
             units::bytes(self.rss),
             units::bytes(obj),
             self.backing.unit_noun(),
@@ -261,9 +309,10 @@ impl Group {
 /// Groups mappings by backing object, biggest RSS first.
 pub fn group(maps: &[Mapping]) -> Vec<Group> {
     let kinds = classify(maps);
-    let mut by_key: BTreeMap<Backing, (Group, BTreeMap<(u64, u64), usize>)> = BTreeMap::new();
+    // Per group: the previous mapping's end address and end offset.
+    let mut by_key: BTreeMap<Backing, (Group, Option<(u64, u64)>)> = BTreeMap::new();
     for (m, backing) in maps.iter().zip(kinds) {
-        let (g, ranges) = by_key.entry(backing.clone()).or_insert_with(|| {
+        let (g, prev) = by_key.entry(backing.clone()).or_insert_with(|| {
             (
                 Group {
                     label: backing.label(),
@@ -276,11 +325,11 @@ pub fn group(maps: &[Mapping]) -> Vec<Group> {
                     pss: 0,
                     swap: 0,
                     dirty: 0,
-                    max_repeat: 0,
+                    instances: 0,
                     object_extent: 0,
                     object_size: None,
                 },
-                BTreeMap::new(),
+                None,
             )
         });
         g.mappings += 1;
@@ -296,14 +345,32 @@ pub fn group(maps: &[Mapping]) -> Vec<Group> {
         }
         g.size += m.size();
         add_stats(g, &m.stats);
-        let count = ranges.entry((m.offset, m.size())).or_insert(0);
-        *count += 1;
-        g.max_repeat = g.max_repeat.max(*count);
+        if starts_instance(*prev, m) {
+            g.instances += 1;
+        }
+        *prev = Some((m.end, m.offset.saturating_add(m.size())));
         g.object_extent = g.object_extent.max(m.offset.saturating_add(m.size()));
     }
     let mut groups: Vec<Group> = by_key.into_values().map(|(g, _)| g).collect();
-    groups.sort_by(|a, b| b.rss.cmp(&a.rss).then(b.size.cmp(&a.size)).then(a.label.cmp(&b.label)));
+    groups.sort_by(|a, b| {
+        b.rss
+            .cmp(&a.rss)
+            .then(b.size.cmp(&a.size))
+            .then(a.label.cmp(&b.label))
+    });
     groups
+}
+
+/// Whether `m` begins a new instance of its object rather than continuing the
+/// previous mapping of it (see [`Group::instances`]).
+fn starts_instance(prev: Option<(u64, u64)>, m: &Mapping) -> bool {
+    const PAGE: u64 = 4096;
+    match prev {
+        None => true,
+        Some((prev_end, prev_offset_end)) => {
+            m.start != prev_end || m.offset == 0 || m.offset.saturating_add(PAGE) < prev_offset_end
+        }
+    }
 }
 
 fn add_stats(g: &mut Group, s: &MemStats) {
@@ -316,10 +383,10 @@ fn add_stats(g: &mut Group, s: &MemStats) {
 /// Fills in real SysV segment sizes from /proc/sysvipc/shm.
 pub fn attach_sysv_sizes(groups: &mut [Group], segments: &[crate::process::sysvipc::Segment]) {
     for g in groups {
-        if let Backing::Sysv { shmid, .. } = g.backing {
-            if let Some(seg) = segments.iter().find(|s| s.shmid == shmid) {
-                g.object_size = Some(seg.size);
-            }
+        if let Backing::Sysv { shmid, .. } = g.backing
+            && let Some(seg) = segments.iter().find(|s| s.shmid == shmid)
+        {
+            g.object_size = Some(seg.size);
         }
     }
 }
@@ -343,17 +410,47 @@ mod tests {
              7f0000040000-7f0000050000 rw-s 00000000 00:01 1026 /dev/zero (deleted)\n",
         );
         let kinds = classify(&m);
-        assert_eq!(kinds[0], Backing::Sysv { shmid: 1789692874, key: 0x6aac8bca });
-        assert_eq!(kinds[2], Backing::PosixShm { path: "/dev/shm/psm_abc".into(), inode: 77 });
-        assert_eq!(kinds[3], Backing::Memfd { name: "buf".into(), inode: 1025 });
+        assert_eq!(
+            kinds[0],
+            Backing::Sysv {
+                shmid: 1789692874,
+                key: 0x6aac8bca
+            }
+        );
+        assert_eq!(
+            kinds[2],
+            Backing::PosixShm {
+                path: "/dev/shm/psm_abc".into(),
+                inode: 77
+            }
+        );
+        assert_eq!(
+            kinds[3],
+            Backing::Memfd {
+                name: "buf".into(),
+                inode: 1025
+            }
+        );
         assert_eq!(kinds[4], Backing::SharedAnon { inode: 1026 });
         let groups = group(&m);
-        let sysv = groups.iter().find(|g| matches!(g.backing, Backing::Sysv { .. })).unwrap();
+        let sysv = groups
+            .iter()
+            .find(|g| matches!(g.backing, Backing::Sysv { .. }))
+            .unwrap();
         assert_eq!(sysv.mappings, 2);
         assert!(sysv.is_repeated());
         assert_eq!(sysv.label, "[ shmid=0x6aac8bca ] key 0x6aac8bca");
-        assert!(sysv.repeat_message().starts_with("shmid 0x6aac8bca is mapped 2 times"));
-        assert!(!groups.iter().find(|g| g.label == "/dev/shm/psm_abc").unwrap().is_repeated());
+        assert!(
+            sysv.repeat_message()
+                .starts_with("shmid 0x6aac8bca is mapped 2 times")
+        );
+        assert!(
+            !groups
+                .iter()
+                .find(|g| g.label == "/dev/shm/psm_abc")
+                .unwrap()
+                .is_repeated()
+        );
     }
 
     #[test]
@@ -367,12 +464,52 @@ mod tests {
              7f1000020000-7f1000030000 r--s 00000000 fe:01 20 /data/blob\n",
         );
         let groups = group(&m);
-        let libc = groups.iter().find(|g| g.label == "/usr/lib/libc.so.6").unwrap();
-        assert_eq!((libc.mappings, libc.max_repeat, libc.is_repeated()), (3, 1, false));
+        let libc = groups
+            .iter()
+            .find(|g| g.label == "/usr/lib/libc.so.6")
+            .unwrap();
+        assert_eq!(
+            (libc.mappings, libc.instances, libc.is_repeated()),
+            (3, 1, false)
+        );
         let blob = groups.iter().find(|g| g.label == "/data/blob").unwrap();
-        assert_eq!((blob.mappings, blob.max_repeat, blob.object_extent), (3, 3, 0x10000));
+        assert_eq!(
+            (blob.mappings, blob.instances, blob.object_extent),
+            (3, 3, 0x10000)
+        );
         assert!(blob.is_repeated());
-        assert_eq!(blob.repeat_message(), "file /data/blob is mapped 3 times: 0 B of RSS for one 64.0 KiB file");
+        assert_eq!(
+            blob.repeat_message(),
+            "file /data/blob is mapped 3 times: 0 B of RSS for one 64.0 KiB file"
+        );
+    }
+
+    #[test]
+    fn relro_page_mapped_twice_is_one_instance() {
+        let m = maps(
+            "565092d3c000-565092d3d000 r--p 00000000 fe:00 73263 /usr/bin/python3.12\n\
+             565092d3d000-565092d3e000 r-xp 00001000 fe:00 73263 /usr/bin/python3.12\n\
+             565092d3e000-565092d3f000 r--p 00002000 fe:00 73263 /usr/bin/python3.12\n\
+             565092d3f000-565092d40000 r--p 00002000 fe:00 73263 /usr/bin/python3.12\n\
+             565092d40000-565092d41000 rw-p 00003000 fe:00 73263 /usr/bin/python3.12\n\
+             7f0000000000-7f0000010000 rw-s 00000000 00:01 5 /SYSV00000000 (deleted)\n\
+             7f0000010000-7f0000020000 rw-s 00000000 00:01 5 /SYSV00000000 (deleted)\n",
+        );
+        let groups = group(&m);
+        let exe = groups
+            .iter()
+            .find(|g| g.label == "/usr/bin/python3.12")
+            .unwrap();
+        assert_eq!(
+            (exe.mappings, exe.instances, exe.is_repeated()),
+            (5, 1, false)
+        );
+        // Adjacent attaches of one segment are still separate instances.
+        let shm = groups
+            .iter()
+            .find(|g| matches!(g.backing, Backing::Sysv { .. }))
+            .unwrap();
+        assert_eq!((shm.instances, shm.is_repeated()), (2, true));
     }
 
     #[test]
@@ -387,14 +524,26 @@ mod tests {
         );
         let kinds = classify(&m);
         assert_eq!(&kinds[..2], &[Backing::GlibcArenas, Backing::GlibcArenas]);
-        assert_eq!(&kinds[2..4], &[Backing::ThreadStacks, Backing::ThreadStacks]);
+        assert_eq!(
+            &kinds[2..4],
+            &[Backing::ThreadStacks, Backing::ThreadStacks]
+        );
         assert_eq!(kinds[4], Backing::Anonymous);
         assert_eq!(kinds[5], Backing::MainStack);
         let groups = group(&m);
-        let stacks = groups.iter().find(|g| g.backing == Backing::ThreadStacks).unwrap();
+        let stacks = groups
+            .iter()
+            .find(|g| g.backing == Backing::ThreadStacks)
+            .unwrap();
         assert_eq!((stacks.mappings, stacks.units), (2, 1));
-        let arenas = groups.iter().find(|g| g.backing == Backing::GlibcArenas).unwrap();
-        assert_eq!((arenas.mappings, arenas.units, arenas.size), (2, 1, ARENA_HEAP_SIZE));
+        let arenas = groups
+            .iter()
+            .find(|g| g.backing == Backing::GlibcArenas)
+            .unwrap();
+        assert_eq!(
+            (arenas.mappings, arenas.units, arenas.size),
+            (2, 1, ARENA_HEAP_SIZE)
+        );
     }
 
     #[test]
@@ -405,8 +554,18 @@ mod tests {
              3000-4000 rw-p 00000000 00:00 0 [heap]\n",
         );
         let kinds = classify(&m);
-        assert_eq!(kinds[0], Backing::NamedAnon { name: "glibc: malloc".into() });
-        assert_eq!(kinds[1], Backing::Kernel { name: "[vdso]".into() });
+        assert_eq!(
+            kinds[0],
+            Backing::NamedAnon {
+                name: "glibc: malloc".into()
+            }
+        );
+        assert_eq!(
+            kinds[1],
+            Backing::Kernel {
+                name: "[vdso]".into()
+            }
+        );
         assert_eq!(kinds[2], Backing::Heap);
     }
 }

@@ -1,1 +1,70 @@
-//! One thin module per subcommand.
+//! One thin module per subcommand: read, analyse, render.
+//!
+//! Commands write through [`Out`] so that a closed pipe ends the command
+//! quietly instead of panicking inside `println!`.
+
+pub mod maps;
+pub mod ps;
+pub mod shm;
+pub mod top;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::process::{ProcError, Process};
+
+pub type CmdResult = anyhow::Result<ExitCode>;
+
+/// Buffered stdout; flushes on drop and reports write errors to the caller.
+pub struct Out(std::io::BufWriter<std::io::Stdout>);
+
+impl Out {
+    pub fn new() -> Out {
+        Out(std::io::BufWriter::new(std::io::stdout()))
+    }
+
+    pub fn text(&mut self, s: &str) -> std::io::Result<()> {
+        self.0.write_all(s.as_bytes())
+    }
+
+    pub fn line(&mut self, s: &str) -> std::io::Result<()> {
+        self.0.write_all(s.as_bytes())?;
+        self.0.write_all(b"\n")
+    }
+
+    /// One JSON document (pretty) or one NDJSON line (compact).
+    pub fn json<T: serde::Serialize>(&mut self, value: &T, compact: bool) -> anyhow::Result<()> {
+        if compact {
+            serde_json::to_writer(&mut self.0, value)?;
+        } else {
+            serde_json::to_writer_pretty(&mut self.0, value)?;
+        }
+        self.0.write_all(b"\n")?;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Default for Out {
+    fn default() -> Self {
+        Out::new()
+    }
+}
+
+/// Opens a target for a command, with the checks every command needs.
+pub fn open(pid: u32) -> Result<Process, ProcError> {
+    Process::open(pid)
+}
+
+/// The one sentence the user sees for an error: our own errors are already
+/// complete sentences; others get their context chain.
+pub fn error_sentence(err: &anyhow::Error) -> String {
+    if let Some(proc_err) = err.downcast_ref::<ProcError>() {
+        return proc_err.to_string();
+    }
+    let parts: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+    parts.join(": ")
+}

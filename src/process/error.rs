@@ -27,27 +27,40 @@ pub enum ProcError {
     NoSuchProcess { pid: u32, hint: &'static str },
     #[error("process {pid} exited while memsleuth was reading it; nothing to inspect any more")]
     Exited { pid: u32 },
-    #[error("pid {pid} is a kernel thread, not a program with its own memory; pick a user-space process from `memsleuth ps`")]
+    #[error(
+        "pid {pid} is a kernel thread, not a program with its own memory; pick a user-space process from `memsleuth ps`"
+    )]
     KernelThread { pid: u32 },
-    #[error("process {pid} is a zombie (it exited and waits for its parent {ppid} to reap it), so it has no memory left to inspect; look at its parent or restart the service")]
+    #[error(
+        "process {pid} is a zombie (it exited and waits for its parent {ppid} to reap it), so it has no memory left to inspect; look at its parent or restart the service"
+    )]
     Zombie { pid: u32, ppid: u32 },
     #[error("{}", denied_message(.path, .reason))]
     PermissionDenied { path: PathBuf, reason: DeniedReason },
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ProcError {
     /// True when the error means the process is gone (or never existed).
     pub fn is_gone(&self) -> bool {
-        matches!(self, ProcError::NoSuchProcess { .. } | ProcError::Exited { .. })
+        matches!(
+            self,
+            ProcError::NoSuchProcess { .. } | ProcError::Exited { .. }
+        )
     }
 }
 
 fn denied_message(path: &std::path::Path, reason: &DeniedReason) -> String {
     let path = path.display();
     match reason {
-        DeniedReason::OtherUser { target_uid, our_uid } => format!(
+        DeniedReason::OtherUser {
+            target_uid,
+            our_uid,
+        } => format!(
             "permission denied reading {path}: the process belongs to {} and memsleuth runs as {}; \
              run memsleuth as that user or as root (sudo), or give it CAP_SYS_PTRACE",
             crate::process::users::describe_uid(*target_uid),

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-use super::{Process, ProcError};
+use super::{ProcError, Process};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,7 +48,11 @@ impl FdKind {
         } else if target.starts_with("/dev/") && !target.starts_with("/dev/shm/") {
             FdKind::Device
         } else if target.starts_with('/') {
-            if target.ends_with(" (deleted)") { FdKind::DeletedFile } else { FdKind::File }
+            if target.ends_with(" (deleted)") {
+                FdKind::DeletedFile
+            } else {
+                FdKind::File
+            }
         } else {
             FdKind::Other
         }
@@ -86,7 +90,10 @@ pub fn summarize(proc: &Process) -> Result<FdSummary, ProcError> {
     let mut summary = FdSummary::default();
     for (_, target) in list(proc)? {
         summary.total += 1;
-        *summary.by_kind.entry(FdKind::classify(&target)).or_insert(0) += 1;
+        *summary
+            .by_kind
+            .entry(FdKind::classify(&target))
+            .or_insert(0) += 1;
     }
     Ok(summary)
 }
@@ -97,7 +104,13 @@ pub fn list(proc: &Process) -> Result<Vec<(u32, String)>, ProcError> {
     let dir = std::fs::read_dir(&path).map_err(|e| proc.diagnose(path.clone(), e))?;
     let mut out = Vec::new();
     for entry in dir.flatten() {
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if let Ok(target) = std::fs::read_link(entry.path()) {
             out.push((fd, target.to_string_lossy().into_owned()));
         }
@@ -115,7 +128,10 @@ mod tests {
         assert_eq!(FdKind::classify("socket:[12345]"), FdKind::Socket);
         assert_eq!(FdKind::classify("pipe:[999]"), FdKind::Pipe);
         assert_eq!(FdKind::classify("/memfd:buf (deleted)"), FdKind::Memfd);
-        assert_eq!(FdKind::classify("anon_inode:[eventpoll]"), FdKind::AnonInode);
+        assert_eq!(
+            FdKind::classify("anon_inode:[eventpoll]"),
+            FdKind::AnonInode
+        );
         assert_eq!(FdKind::classify("/dev/null"), FdKind::Device);
         assert_eq!(FdKind::classify("/dev/shm/psm_1"), FdKind::File);
         assert_eq!(FdKind::classify("/tmp/x (deleted)"), FdKind::DeletedFile);

@@ -152,10 +152,10 @@ pub fn parse_smaps(bytes: &[u8]) -> Vec<Mapping> {
     for line in bytes.split(|&b| b == b'\n') {
         let Some(&first) = line.first() else { continue };
         if first.is_ascii_uppercase() {
-            if let Some(m) = out.last_mut() {
-                if let Some((key, bytes)) = parse_field(line) {
-                    m.stats.set(key, bytes);
-                }
+            if let Some(m) = out.last_mut()
+                && let Some((key, bytes)) = parse_field(line)
+            {
+                m.stats.set(key, bytes);
             }
         } else if let Some(m) = parse_header(line) {
             out.push(m);
@@ -211,7 +211,10 @@ fn parse_header(line: &[u8]) -> Option<Mapping> {
         dev_minor,
         inode,
         path: String::from_utf8_lossy(path).into_owned(),
-        stats: MemStats { size: end.saturating_sub(start), ..MemStats::default() },
+        stats: MemStats {
+            size: end.saturating_sub(start),
+            ..MemStats::default()
+        },
     })
 }
 
@@ -232,7 +235,11 @@ impl<'a> Fields<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        let len = self.rest.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(self.rest.len());
+        let len = self
+            .rest
+            .iter()
+            .position(|&b| b == b' ' || b == b'\t')
+            .unwrap_or(self.rest.len());
         let (field, tail) = self.rest.split_at(len);
         self.rest = tail;
         Some(field)
@@ -317,7 +324,9 @@ Rss:                  12 kB
 
     #[test]
     fn maps_paths_keep_spaces() {
-        let m = parse_maps(b"7f0000000000-7f0000001000 r--s 00001000 08:02 99   /tmp/a file (deleted)\n");
+        let m = parse_maps(
+            b"7f0000000000-7f0000001000 r--s 00001000 08:02 99   /tmp/a file (deleted)\n",
+        );
         assert_eq!(m[0].path, "/tmp/a file (deleted)");
         assert_eq!(m[0].offset, 0x1000);
         assert!(m[0].is_deleted());

@@ -40,14 +40,20 @@ impl Process {
             return Err(ProcError::KernelThread { pid });
         }
         if stat.state == 'Z' || stat.state == 'X' {
-            return Err(ProcError::Zombie { pid, ppid: stat.ppid });
+            return Err(ProcError::Zombie {
+                pid,
+                ppid: stat.ppid,
+            });
         }
         Ok(proc)
     }
 
     /// A handle without any checks, for scans over all of /proc.
     pub fn unchecked(pid: u32) -> Process {
-        Process { pid, dir: PathBuf::from(format!("/proc/{pid}")) }
+        Process {
+            pid,
+            dir: PathBuf::from(format!("/proc/{pid}")),
+        }
     }
 
     /// `/proc/PID/<name>`.
@@ -74,7 +80,8 @@ impl Process {
 
     /// Reads a file as (lossy) UTF-8 text.
     pub fn read_string(&self, name: &str) -> Result<String, ProcError> {
-        self.read(name).map(|b| String::from_utf8_lossy(&b).into_owned())
+        self.read(name)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
 
     pub fn status(&self) -> Result<status::Status, ProcError> {
@@ -117,10 +124,13 @@ impl Process {
     /// An empty maps file means the mm is gone: the process exited (or became
     /// a zombie) between our checks and the read.
     fn non_empty(&self, list: Vec<maps::Mapping>) -> Result<Vec<maps::Mapping>, ProcError> {
-        if list.is_empty() {
-            if self.stat().map(|s| s.state == 'Z' || s.state == 'X').unwrap_or(true) {
-                return Err(ProcError::Exited { pid: self.pid });
-            }
+        if list.is_empty()
+            && self
+                .stat()
+                .map(|s| s.state == 'Z' || s.state == 'X')
+                .unwrap_or(true)
+        {
+            return Err(ProcError::Exited { pid: self.pid });
         }
         Ok(list)
     }
@@ -139,12 +149,15 @@ impl Process {
     /// The command line, NUL-separated arguments joined by spaces.
     pub fn cmdline(&self) -> String {
         let raw = self.read("cmdline").unwrap_or_default();
-        let mut parts: Vec<String> =
-            raw.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
-        if parts.is_empty() {
-            if let Ok(comm) = self.read_string("comm") {
-                parts.push(format!("[{}]", comm.trim_end()));
-            }
+        let mut parts: Vec<String> = raw
+            .split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        if parts.is_empty()
+            && let Ok(comm) = self.read_string("comm")
+        {
+            parts.push(format!("[{}]", comm.trim_end()));
         }
         parts.join(" ")
     }
@@ -174,9 +187,10 @@ impl Process {
                     ProcError::NoSuchProcess { pid, hint }
                 }
             }
-            Some(libc::EACCES) | Some(libc::EPERM) => {
-                ProcError::PermissionDenied { reason: self.denied_reason(), path }
-            }
+            Some(libc::EACCES) | Some(libc::EPERM) => ProcError::PermissionDenied {
+                reason: self.denied_reason(),
+                path,
+            },
             _ => ProcError::Io { path, source: err },
         }
     }
@@ -185,14 +199,23 @@ impl Process {
         let our_uid = users::our_uid();
         let Ok(raw) = std::fs::read(self.path("status")) else {
             // status is world-readable unless hidepid=noaccess.
-            return if hidepid_active() { DeniedReason::Hidepid } else { DeniedReason::Unknown { our_uid } };
+            return if hidepid_active() {
+                DeniedReason::Hidepid
+            } else {
+                DeniedReason::Unknown { our_uid }
+            };
         };
         let status = status::Status::parse(&raw);
         if our_uid != 0 && status.uid != our_uid {
-            return DeniedReason::OtherUser { target_uid: status.uid, our_uid };
+            return DeniedReason::OtherUser {
+                target_uid: status.uid,
+                our_uid,
+            };
         }
         // A non-dumpable process's /proc files are owned by root.
-        let owner = std::fs::metadata(self.path("maps")).map(|m| m.uid()).unwrap_or(u32::MAX);
+        let owner = std::fs::metadata(self.path("maps"))
+            .map(|m| m.uid())
+            .unwrap_or(u32::MAX);
         if our_uid != 0 && status.uid == our_uid && owner == 0 {
             return DeniedReason::NonDumpable { our_uid };
         }
@@ -216,7 +239,12 @@ pub fn all_pids() -> Vec<u32> {
 /// Whether /proc is mounted with a hidepid option.
 pub fn hidepid_active() -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mounts.lines().any(|l| l.contains(" /proc ") && l.contains("hidepid=") && !l.contains("hidepid=0") && !l.contains("hidepid=off"))
+    mounts.lines().any(|l| {
+        l.contains(" /proc ")
+            && l.contains("hidepid=")
+            && !l.contains("hidepid=0")
+            && !l.contains("hidepid=off")
+    })
 }
 
 /// System-wide facts used for percentages and ages.
@@ -239,10 +267,19 @@ impl System {
             .unwrap_or(0);
         let uptime_s = std::fs::read_to_string("/proc/uptime")
             .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+            .and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
             .unwrap_or(0.0);
         // SAFETY: sysconf has no preconditions.
-        let (page, ticks) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
+        let (page, ticks) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PAGESIZE),
+                libc::sysconf(libc::_SC_CLK_TCK),
+            )
+        };
         System {
             mem_total,
             page_size: if page > 0 { page as u64 } else { 4096 },
@@ -255,6 +292,8 @@ impl System {
 /// Reads a whole file outside /proc/PID with a size cap (for /proc/sysvipc/shm).
 pub fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    std::fs::File::open(path)?.take(MAX_PROC_FILE).read_to_end(&mut buf)?;
+    std::fs::File::open(path)?
+        .take(MAX_PROC_FILE)
+        .read_to_end(&mut buf)?;
     Ok(buf)
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::fds::{FdKind, FdSummary};
 use super::maps::{self, Mapping, MemStats};
 use super::status::{Statm, Status};
-use super::{Process, ProcError, fds};
+use super::{ProcError, Process, fds};
 
 /// What to read besides the cheap counters.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,12 +43,20 @@ impl Sample {
         let status = proc.status()?;
         let statm = proc.statm()?;
         let t = t0.elapsed().as_secs_f64();
-        let rollup = if want.rollup { Some(proc.smaps_rollup()?) } else { None };
+        let rollup = if want.rollup {
+            Some(proc.smaps_rollup()?)
+        } else {
+            None
+        };
         let mappings = if want.maps { Some(proc.maps()?) } else { None };
         // fd counts need the same access as maps; without it we still have
         // the memory counters, so missing fds are not fatal.
         let fd_count = fds::count(proc).ok();
-        let fds = if want.fd_kinds { fds::summarize(proc).ok() } else { None };
+        let fds = if want.fd_kinds {
+            fds::summarize(proc).ok()
+        } else {
+            None
+        };
         Ok(Sample {
             t,
             threads: status.threads,
@@ -69,19 +77,28 @@ impl Sample {
         let read = |name: &str| std::fs::read(dir.join(name));
         let status = Status::parse(&read("status")?);
         let statm = Statm::parse(&read("statm")?);
-        let rollup = read("smaps_rollup").ok().and_then(|b| maps::parse_smaps(&b).into_iter().next()).map(|m| m.stats);
+        let rollup = read("smaps_rollup")
+            .ok()
+            .and_then(|b| maps::parse_smaps(&b).into_iter().next())
+            .map(|m| m.stats);
         let mappings = read("maps").ok().map(|b| maps::parse_maps(&b));
         let fds = read("fd").ok().map(|b| {
             let mut summary = FdSummary::default();
             for line in String::from_utf8_lossy(&b).lines() {
                 if let Some((_, target)) = line.split_once(" -> ") {
                     summary.total += 1;
-                    *summary.by_kind.entry(FdKind::classify(target.trim())).or_insert(0) += 1;
+                    *summary
+                        .by_kind
+                        .entry(FdKind::classify(target.trim()))
+                        .or_insert(0) += 1;
                 }
             }
             summary
         });
-        let t = read("t").ok().and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()).unwrap_or(0.0);
+        let t = read("t")
+            .ok()
+            .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok())
+            .unwrap_or(0.0);
         Ok(Sample {
             t,
             threads: status.threads,

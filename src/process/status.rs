@@ -33,7 +33,9 @@ impl Status {
     pub fn parse(bytes: &[u8]) -> Status {
         let mut s = Status::default();
         for line in bytes.split(|&b| b == b'\n') {
-            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
             let key = &line[..colon];
             let value = String::from_utf8_lossy(&line[colon + 1..]);
             let value = value.trim();
@@ -43,7 +45,13 @@ impl Status {
                 b"State" => s.state = value.chars().next().unwrap_or('?'),
                 b"PPid" => s.ppid = value.parse().unwrap_or(0),
                 b"TracerPid" => s.tracer_pid = value.parse().unwrap_or(0),
-                b"Uid" => s.uid = value.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0),
+                b"Uid" => {
+                    s.uid = value
+                        .split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                }
                 b"VmPeak" => s.vm_peak = kb(),
                 b"VmSize" => s.vm_size = kb(),
                 b"VmHWM" => s.vm_hwm = kb(),
@@ -85,10 +93,19 @@ pub struct Statm {
 impl Statm {
     pub fn parse(bytes: &[u8]) -> Statm {
         let text = String::from_utf8_lossy(bytes);
-        let mut it = text.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+        let mut it = text
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0));
         let mut next = || it.next().unwrap_or(0);
-        let (size, resident, shared, text, _lib, data) = (next(), next(), next(), next(), next(), next());
-        Statm { size, resident, shared, text, data }
+        let (size, resident, shared, text, _lib, data) =
+            (next(), next(), next(), next(), next(), next());
+        Statm {
+            size,
+            resident,
+            shared,
+            text,
+            data,
+        }
     }
 }
 

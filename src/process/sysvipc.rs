@@ -34,10 +34,22 @@ impl Segment {
 pub fn parse(bytes: &[u8]) -> Vec<Segment> {
     let text = String::from_utf8_lossy(bytes);
     let mut lines = text.lines();
-    let Some(header) = lines.next() else { return Vec::new() };
+    let Some(header) = lines.next() else {
+        return Vec::new();
+    };
     let cols: Vec<&str> = header.split_whitespace().collect();
     let idx = |name: &str| cols.iter().position(|c| *c == name);
-    let (Some(ik), Some(ii), Some(ip), Some(isz), Some(icp), Some(ilp), Some(ina), Some(iu), Some(ig)) = (
+    let (
+        Some(ik),
+        Some(ii),
+        Some(ip),
+        Some(isz),
+        Some(icp),
+        Some(ilp),
+        Some(ina),
+        Some(iu),
+        Some(ig),
+    ) = (
         idx("key"),
         idx("shmid"),
         idx("perms"),
@@ -47,7 +59,8 @@ pub fn parse(bytes: &[u8]) -> Vec<Segment> {
         idx("nattch"),
         idx("uid"),
         idx("gid"),
-    ) else {
+    )
+    else {
         return Vec::new();
     };
     let (irss, iswap) = (idx("rss"), idx("swap"));
@@ -56,9 +69,13 @@ pub fn parse(bytes: &[u8]) -> Vec<Segment> {
         let f: Vec<&str> = line.split_whitespace().collect();
         let get = |i: usize| f.get(i).copied();
         let dec = |i: Option<usize>| i.and_then(get).and_then(|v| v.parse::<u64>().ok());
-        let Some(key) = get(ik).and_then(|v| v.parse::<i64>().ok()) else { continue };
-        let (Some(shmid), Some(perms)) = (dec(Some(ii)), get(ip).and_then(|v| u32::from_str_radix(v, 8).ok()))
-        else {
+        let Some(key) = get(ik).and_then(|v| v.parse::<i64>().ok()) else {
+            continue;
+        };
+        let (Some(shmid), Some(perms)) = (
+            dec(Some(ii)),
+            get(ip).and_then(|v| u32::from_str_radix(v, 8).ok()),
+        ) else {
             continue;
         };
         out.push(Segment {
@@ -81,7 +98,9 @@ pub fn parse(bytes: &[u8]) -> Vec<Segment> {
 /// Reads the segments of our IPC namespace; an unreadable file (hidepid
 /// `subset=pid`) gives an empty list, not an error.
 pub fn read() -> Vec<Segment> {
-    super::read_capped(std::path::Path::new("/proc/sysvipc/shm")).map(|b| parse(&b)).unwrap_or_default()
+    super::read_capped(std::path::Path::new("/proc/sysvipc/shm"))
+        .map(|b| parse(&b))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -28,7 +28,10 @@ fn parse_passwd(text: &str) -> HashMap<u32, String> {
 
 /// The user's name, or the uid as a string when it has none.
 pub fn user_name(uid: u32) -> String {
-    table().get(&uid).cloned().unwrap_or_else(|| uid.to_string())
+    table()
+        .get(&uid)
+        .cloned()
+        .unwrap_or_else(|| uid.to_string())
 }
 
 /// "uid 1000 (alice)", for error messages.
@@ -51,7 +54,9 @@ mod tests {
 
     #[test]
     fn parses_passwd_lines_and_skips_garbage() {
-        let map = parse_passwd("root:x:0:0:root:/root:/bin/bash\nbroken\nnobody:x:65534:65534::/:/bin/false\n");
+        let map = parse_passwd(
+            "root:x:0:0:root:/root:/bin/bash\nbroken\nnobody:x:65534:65534::/:/bin/false\n",
+        );
         assert_eq!(map.get(&0).map(String::as_str), Some("root"));
         assert_eq!(map.get(&65534).map(String::as_str), Some("nobody"));
         assert_eq!(map.len(), 2);
