@@ -20,6 +20,7 @@ fn render(cmd: &mut Command) -> String {
 
 macro_rules! snap {
     ($name:expr, $value:expr, $($pid:expr),*) => {{
+        #[allow(unused_mut)]
         let mut settings = insta::Settings::clone_current();
         $( settings.add_filter(&format!(r"\b{}\b", $pid), "[PID]"); )*
         settings.bind(|| insta::assert_snapshot!($name, $value));
@@ -30,7 +31,10 @@ macro_rules! snap {
 fn help_texts() {
     snap!("help", render(memsleuth().arg("--help")),);
     for sub in ["ps", "top", "maps", "shm"] {
-        snap!(format!("help_{sub}"), render(memsleuth().args([sub, "--help"])),);
+        snap!(
+            format!("help_{sub}"),
+            render(memsleuth().args([sub, "--help"])),
+        );
     }
 }
 
@@ -38,7 +42,10 @@ fn help_texts() {
 fn usage_error_exits_2() {
     let out = memsleuth().args(["top", "notapid"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = memsleuth().args(["top", "1", "--interval", "0"]).output().unwrap();
+    let out = memsleuth()
+        .args(["top", "1", "--interval", "0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -56,7 +63,11 @@ fn kernel_thread() {
         eprintln!("no kthreadd visible (pid namespace?); skipping");
         return;
     }
-    snap!("kernel_thread", render(memsleuth().args(["top", "2", "-n", "1"])), 2);
+    snap!(
+        "kernel_thread",
+        render(memsleuth().args(["top", "2", "-n", "1"])),
+        2
+    );
 }
 
 struct Kill(std::process::Child);
@@ -71,7 +82,9 @@ fn first_line(child: &mut std::process::Child) -> String {
     use std::io::BufRead;
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
     line.trim().to_string()
 }
 
@@ -87,17 +100,30 @@ fn zombie() {
     let zombie = first_line(&mut parent);
     let parent = Kill(parent);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string(format!("/proc/{zombie}/stat")).unwrap_or_default().contains(") Z ") {
-        assert!(std::time::Instant::now() < deadline, "child never became a zombie");
+    while !std::fs::read_to_string(format!("/proc/{zombie}/stat"))
+        .unwrap_or_default()
+        .contains(") Z ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "child never became a zombie"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    snap!("zombie", render(memsleuth().args(["maps", &zombie])), zombie, parent.0.id());
+    snap!(
+        "zombie",
+        render(memsleuth().args(["maps", &zombie])),
+        zombie,
+        parent.0.id()
+    );
 }
 
 /// Runs memsleuth as `nobody`.
 fn as_nobody(args: &[&str]) -> Command {
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(env!("CARGO_BIN_EXE_memsleuth")).args(args);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_memsleuth"))
+        .args(args);
     cmd
 }
 
@@ -120,7 +146,11 @@ fn permission_denied_other_user() {
     }
     let target = Kill(Command::new("sleep").arg("30").spawn().unwrap());
     let pid = target.0.id().to_string();
-    snap!("denied_other_user", render(&mut as_nobody(&["maps", &pid])), pid);
+    snap!(
+        "denied_other_user",
+        render(&mut as_nobody(&["maps", &pid])),
+        pid
+    );
 }
 
 #[test]
@@ -132,12 +162,24 @@ fn permission_denied_non_dumpable() {
     // A process of nobody's that made itself non-dumpable, read by nobody.
     let script = "import ctypes,sys,time; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); print('ready', flush=True); time.sleep(30)";
     let mut child = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3", "-c", script])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     assert_eq!(first_line(&mut child), "ready");
     let target = Kill(child);
     let pid = target.0.id().to_string();
-    snap!("denied_non_dumpable", render(&mut as_nobody(&["maps", &pid])), pid);
+    snap!(
+        "denied_non_dumpable",
+        render(&mut as_nobody(&["maps", &pid])),
+        pid
+    );
 }

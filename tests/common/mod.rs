@@ -99,21 +99,21 @@ fn interpreters_cached() -> &'static [Interpreter] {
 }
 
 fn discover() -> Vec<Interpreter> {
-    if let Ok(over) = std::env::var("MEMSLEUTH_TEST_PYTHONS") {
-        if !over.trim().is_empty() {
-            let cands = over
-                .split([':', ','])
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| (PathBuf::from(s), "env"))
-                .collect();
-            let list = probe_all(cands);
-            assert!(
-                !list.is_empty(),
-                "MEMSLEUTH_TEST_PYTHONS={over:?} names no working interpreter"
-            );
-            return list;
-        }
+    if let Ok(over) = std::env::var("MEMSLEUTH_TEST_PYTHONS")
+        && !over.trim().is_empty()
+    {
+        let cands = over
+            .split([':', ','])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| (PathBuf::from(s), "env"))
+            .collect();
+        let list = probe_all(cands);
+        assert!(
+            !list.is_empty(),
+            "MEMSLEUTH_TEST_PYTHONS={over:?} names no working interpreter"
+        );
+        return list;
     }
 
     let mut cands: Vec<(PathBuf, &'static str)> = Vec::new();
