@@ -2,3 +2,4 @@
 //! rule can be unit-tested on recorded fixtures.
 
 pub mod groups;
+pub mod mapdiff;

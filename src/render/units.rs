@@ -12,7 +12,11 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if v >= 100.0 { format!("{v:.0} {}", UNITS[unit]) } else { format!("{v:.1} {}", UNITS[unit]) }
+    if v >= 100.0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// Compact form for table columns: "25.8M", "64K", "512".
@@ -27,7 +31,11 @@ pub fn bytes_short(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if v >= 100.0 || v.fract() == 0.0 { format!("{v:.0}{}", UNITS[unit]) } else { format!("{v:.1}{}", UNITS[unit]) }
+    if v >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}{}", UNITS[unit])
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
 }
 
 /// A signed byte delta: "+1.5 MiB", "-64 KiB", "0 B".
