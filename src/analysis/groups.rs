@@ -343,7 +343,7 @@ pub fn group(maps: &[Mapping]) -> Vec<Group> {
         if is_unit_head {
             g.units += 1;
         }
-        g.size += m.size();
+        g.size = g.size.saturating_add(m.size());
         add_stats(g, &m.stats);
         if starts_instance(*prev, m) {
             g.instances += 1;
@@ -374,10 +374,10 @@ fn starts_instance(prev: Option<(u64, u64)>, m: &Mapping) -> bool {
 }
 
 fn add_stats(g: &mut Group, s: &MemStats) {
-    g.rss += s.rss;
-    g.pss += s.pss;
-    g.swap += s.swap;
-    g.dirty += s.dirty();
+    g.rss = g.rss.saturating_add(s.rss);
+    g.pss = g.pss.saturating_add(s.pss);
+    g.swap = g.swap.saturating_add(s.swap);
+    g.dirty = g.dirty.saturating_add(s.dirty());
 }
 
 /// Fills in real SysV segment sizes from /proc/sysvipc/shm.
@@ -544,6 +544,15 @@ mod tests {
             (arenas.mappings, arenas.units, arenas.size),
             (2, 1, ARENA_HEAP_SIZE)
         );
+    }
+
+    #[test]
+    fn absurd_sizes_saturate_instead_of_overflowing() {
+        let m = maps(
+            "0-ffffffffffffffff rw-p 00000000 00:00 0 \n0-ffffffffffffffff rw-p 00000000 00:00 0 \n",
+        );
+        let groups = group(&m);
+        assert_eq!(groups[0].size, u64::MAX);
     }
 
     #[test]

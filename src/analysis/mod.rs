@@ -1,5 +1,6 @@
 //! Pure functions over what was read from a process: no I/O here, so every
 //! rule can be unit-tested on recorded fixtures.
 
+pub mod classify;
 pub mod groups;
 pub mod mapdiff;

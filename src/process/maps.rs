@@ -31,26 +31,26 @@ pub struct MemStats {
 impl MemStats {
     /// pmap's "Dirty" column.
     pub fn dirty(&self) -> u64 {
-        self.shared_dirty + self.private_dirty
+        self.shared_dirty.saturating_add(self.private_dirty)
     }
 
     pub fn add(&mut self, o: &MemStats) {
-        self.size += o.size;
-        self.rss += o.rss;
-        self.pss += o.pss;
-        self.pss_anon += o.pss_anon;
-        self.pss_file += o.pss_file;
-        self.pss_shmem += o.pss_shmem;
-        self.shared_clean += o.shared_clean;
-        self.shared_dirty += o.shared_dirty;
-        self.private_clean += o.private_clean;
-        self.private_dirty += o.private_dirty;
-        self.anonymous += o.anonymous;
-        self.lazy_free += o.lazy_free;
-        self.anon_huge += o.anon_huge;
-        self.swap += o.swap;
-        self.swap_pss += o.swap_pss;
-        self.locked += o.locked;
+        self.size = self.size.saturating_add(o.size);
+        self.rss = self.rss.saturating_add(o.rss);
+        self.pss = self.pss.saturating_add(o.pss);
+        self.pss_anon = self.pss_anon.saturating_add(o.pss_anon);
+        self.pss_file = self.pss_file.saturating_add(o.pss_file);
+        self.pss_shmem = self.pss_shmem.saturating_add(o.pss_shmem);
+        self.shared_clean = self.shared_clean.saturating_add(o.shared_clean);
+        self.shared_dirty = self.shared_dirty.saturating_add(o.shared_dirty);
+        self.private_clean = self.private_clean.saturating_add(o.private_clean);
+        self.private_dirty = self.private_dirty.saturating_add(o.private_dirty);
+        self.anonymous = self.anonymous.saturating_add(o.anonymous);
+        self.lazy_free = self.lazy_free.saturating_add(o.lazy_free);
+        self.anon_huge = self.anon_huge.saturating_add(o.anon_huge);
+        self.swap = self.swap.saturating_add(o.swap);
+        self.swap_pss = self.swap_pss.saturating_add(o.swap_pss);
+        self.locked = self.locked.saturating_add(o.locked);
     }
 
     fn set(&mut self, key: &[u8], bytes: u64) {
