@@ -9,12 +9,15 @@
 //!   from the binary on disk.
 //! - [`analysis`]: pure functions over what was read: grouping mappings by the
 //!   object behind them, and classifying growth between samples.
+//! - [`inject`]: getting code to run inside the target at a safe point (PEP 768
+//!   or ptrace), without gdb.
 //! - [`render`]: turning results into text tables and JSON.
 //! - [`commands`]: one thin module per subcommand tying the above together.
 
 pub mod analysis;
 pub mod cli;
 pub mod commands;
+pub mod inject;
 pub mod process;
 pub mod python;
 pub mod render;
