@@ -11,9 +11,12 @@
 //!   object behind them, and classifying growth between samples.
 //! - [`inject`]: getting code to run inside the target at a safe point (PEP 768
 //!   or ptrace), without gdb.
+//! - [`agent`]: the small stdlib-only Python agent that runs there, and the
+//!   framed protocol we speak with it over a Unix socket.
 //! - [`render`]: turning results into text tables and JSON.
 //! - [`commands`]: one thin module per subcommand tying the above together.
 
+pub mod agent;
 pub mod analysis;
 pub mod cli;
 pub mod commands;

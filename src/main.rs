@@ -11,6 +11,10 @@ fn main() -> ExitCode {
         Command::Top(args) => commands::top::run(&args),
         Command::Maps(args) => commands::maps::run(&args),
         Command::Shm(args) => commands::shm::run(&args),
+        Command::Info(args) => commands::info::run(&args),
+        Command::Exec(args) => commands::exec::run(&args),
+        Command::Eval(args) => commands::eval::run(&args),
+        Command::Shell(args) => commands::shell::run(&args),
     };
     match result {
         Ok(code) => code,

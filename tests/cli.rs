@@ -30,7 +30,7 @@ macro_rules! snap {
 #[test]
 fn help_texts() {
     snap!("help", render(memsleuth().arg("--help")),);
-    for sub in ["ps", "top", "maps", "shm"] {
+    for sub in ["ps", "top", "maps", "shm", "info", "exec", "eval", "shell"] {
         snap!(
             format!("help_{sub}"),
             render(memsleuth().args([sub, "--help"])),

@@ -3,8 +3,12 @@
 //! Commands write through [`Out`] so that a closed pipe ends the command
 //! quietly instead of panicking inside `println!`.
 
+pub mod eval;
+pub mod exec;
+pub mod info;
 pub mod maps;
 pub mod ps;
+pub mod shell;
 pub mod shm;
 pub mod top;
 
@@ -65,6 +69,35 @@ pub fn error_sentence(err: &anyhow::Error) -> String {
     if let Some(proc_err) = err.downcast_ref::<ProcError>() {
         return proc_err.to_string();
     }
+    if let Some(e) = err.downcast_ref::<crate::inject::attach::AttachError>() {
+        return e.to_string();
+    }
     let parts: Vec<String> = err.chain().map(|c| c.to_string()).collect();
     parts.join(": ")
+}
+
+/// A remote exception as Python would print it: the traceback when there is
+/// one, else `Type: message`.
+pub fn traceback_text(err: &crate::agent::protocol::RemoteError) -> String {
+    if err.traceback.is_empty() {
+        format!("{err}\n")
+    } else if err.traceback.ends_with('\n') {
+        err.traceback.clone()
+    } else {
+        format!("{}\n", err.traceback)
+    }
+}
+
+/// Attaches, runs `f` with the session, and always detaches (also when `f`
+/// fails), so the target is left as it was whatever happens.
+pub fn with_session<T>(
+    args: &crate::cli::AttachArgs,
+    f: impl FnOnce(&mut crate::inject::attach::Attached) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut attached = crate::inject::attach::attach(args.pid, &args.options())?;
+    let result = f(&mut attached);
+    let detached = attached.detach();
+    let value = result?;
+    detached?;
+    Ok(value)
 }

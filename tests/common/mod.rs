@@ -520,6 +520,46 @@ impl Target {
         self.lines.lock().unwrap().clone()
     }
 
+    /// Send a signal to the target (while it is not reaped, the pid is ours).
+    pub fn signal(&self, sig: i32) {
+        if self.is_alive() {
+            unsafe {
+                kill(self.pid as i32, sig);
+            }
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix` printed after the
+    /// first `skip` lines; returns the rest of that line.
+    pub fn wait_line(&self, prefix: &str, skip: usize, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let lines = self.stdout_lines_so_far();
+            if let Some(l) = lines.iter().skip(skip).find(|l| l.starts_with(prefix)) {
+                return Some(l[prefix.len()..].trim().to_string());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The state the target reports on SIGUSR2 (modules, threads, fds,
+    /// names in __main__): what an attach must leave as it found it.
+    pub fn report_state(&self) -> serde_json::Value {
+        const SIGUSR2: i32 = 12;
+        let skip = self.stdout_lines_so_far().len();
+        self.signal(SIGUSR2);
+        let line = self
+            .wait_line("state ", skip, Duration::from_secs(10))
+            .unwrap_or_else(|| {
+                panic!(
+                    "[{}] {}: no state line after SIGUSR2",
+                    self.interp_label, self.name
+                )
+            });
+        serde_json::from_str(&line).expect("state JSON")
+    }
+
     /// The target's stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()

@@ -8,7 +8,7 @@ or
 
 Common options: --rate R (events/s, <= 0: none after --initial),
 --initial N (events before "ready"), --max N (stop leaking after N events in
-total, then idle), --main busy|sleep|event|accept (what the main thread does;
+total, then idle), --main busy|spin|sleep|event|accept (what the main thread does;
 with anything but "busy" a daemon thread named "leak-driver" does the leaking).
 
 SIGTERM runs the registered cleanups and exits with status 0 (os._exit).
@@ -18,6 +18,7 @@ from __future__ import print_function
 import argparse
 import atexit
 import errno
+import json
 import os
 import signal
 import socket
@@ -61,8 +62,24 @@ def _on_sigterm(signum, frame):
     os._exit(0)
 
 
+def _report_state(signum, frame):
+    """SIGUSR2: print what an attach must leave unchanged, as one line."""
+    try:
+        fds = sorted(os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = []
+    state = {
+        "modules": sorted(sys.modules),
+        "threads": sorted(sys._current_frames()),
+        "fds": fds,
+        "main_names": sorted(vars(sys.modules["__main__"])),
+    }
+    emit("state", json.dumps(state, sort_keys=True))
+
+
 atexit.register(_run_cleanups)
 signal.signal(signal.SIGTERM, _on_sigterm)
+signal.signal(signal.SIGUSR2, _report_state)
 
 
 def parser(description, rate=20.0, initial=5):
@@ -73,7 +90,7 @@ def parser(description, rate=20.0, initial=5):
                    help="leak events done before printing ready")
     p.add_argument("--max", type=int, default=None,
                    help="stop leaking after this many events in total, then idle")
-    p.add_argument("--main", choices=("busy", "sleep", "event", "accept"),
+    p.add_argument("--main", choices=("busy", "spin", "sleep", "event", "accept"),
                    default="busy", help="what the main thread does")
     return p
 
@@ -121,7 +138,12 @@ def _leak_loop(do_event, state, rate, limit):
 
 
 def _park(mode, sock):
-    if mode == "event":
+    if mode == "spin":
+        # Busy in bytecode, never blocking.
+        n = 0
+        while True:
+            n += 1
+    elif mode == "event":
         ev = threading.Event()
         while True:
             ev.wait()

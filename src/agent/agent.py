@@ -1,0 +1,718 @@
+"""memsleuth agent: runs on its own thread inside the target process.
+
+Loaded by the bootstrap into a fresh dict named `_memsleuth_agent` (never in
+sys.modules) and started with main(sock, params). Stdlib only, one source for
+Python 2.7 and 3.6-3.15. It serves requests from the tool over the socket
+(blocking in recv, which releases the GIL) and leaves nothing behind when the
+session ends, however it ends.
+
+Frames: 4-byte big-endian length, a JSON header line, an optional payload.
+Requests carry an `id`; responses echo it with `ok`, `gil_s` (wall time spent
+in Python for this request) and `result` or `error` ({type, message,
+traceback}). Ops: exec, eval, complete, compile_check, ping, detach; and an
+unsolicited `hello` right after start.
+"""
+
+import sys
+import time
+
+_clock = getattr(time, 'perf_counter', time.time)
+# Start of the agent's own work (its imports count towards hello's gil_s).
+_T_LOAD = _clock()
+
+import gc  # noqa: E402
+import os  # noqa: E402
+import json  # noqa: E402
+
+try:
+    import _thread as _thread_mod
+except ImportError:
+    import thread as _thread_mod
+
+AGENT_VERSION = '1'
+AGENT_FILE = '<memsleuth-agent>'
+USER_FILE = '<memsleuth>'
+MAX_FRAME_IN = 64 << 20
+DEFAULT_REPR_CAP = 1 << 20
+DEFAULT_OUTPUT_CAP = 16 << 20
+MAX_MATCHES = 1000
+MSG_NOSIGNAL = 0x4000  # Linux
+# How long the restored proxies are kept alive before being let go.
+RETIRE_GRACE_S = 0.5
+
+PY2 = sys.version_info[0] == 2
+if PY2:
+    import __builtin__ as _builtins
+    _text_types = (unicode, str)  # noqa: F821 (2.7 only)
+else:
+    import builtins as _builtins
+    _text_types = (str,)
+
+_get_ident = _thread_mod.get_ident
+
+
+def _text(s):
+    """Any written object or str as JSON-safe text (valid UTF-8)."""
+    if PY2:
+        if isinstance(s, unicode):  # noqa: F821
+            return s
+        if isinstance(s, str):
+            return s.decode('utf-8', 'replace')
+        try:
+            return unicode(s)  # noqa: F821
+        except Exception:
+            return unicode(repr(s))  # noqa: F821
+    if isinstance(s, str):
+        try:
+            s.encode('utf-8')
+            return s
+        except UnicodeEncodeError:
+            # Lone surrogates: JSON parsers in Rust refuse them.
+            return s.encode('utf-8', 'backslashreplace').decode('utf-8')
+    if isinstance(s, (bytes, bytearray)):
+        return bytes(s).decode('utf-8', 'replace')
+    try:
+        return _text(str(s))
+    except Exception:
+        return _text(repr(s))
+
+
+def _type_name(t):
+    mod = getattr(t, '__module__', None)
+    name = getattr(t, '__name__', None) or '?'
+    if mod in (None, '__builtin__', 'builtins', 'exceptions'):
+        return name
+    return '%s.%s' % (mod, name)
+
+
+def types_count(limit=30):
+    """[(type name, live GC-tracked instances)] most common first."""
+    counts = {}
+    for o in gc.get_objects():
+        t = type(o)
+        counts[t] = counts.get(t, 0) + 1
+    items = sorted(counts.items(), key=lambda kv: -kv[1])
+    if limit:
+        items = items[:limit]
+    return [(_type_name(t), n) for t, n in items]
+
+
+class _Capture(object):
+    """Output of one request on one thread."""
+
+    def __init__(self, cap):
+        self.parts = {'stdout': [], 'stderr': []}
+        self.values = []
+        self.size = 0
+        self.cap = cap
+        self.truncated = False
+
+    def add(self, which, s):
+        try:
+            n = len(s)
+        except Exception:
+            s = repr(s)
+            n = len(s)
+        room = self.cap - self.size
+        if n > room:
+            self.truncated = True
+            if room <= 0:
+                return
+            s = s[:room]
+            n = room
+        self.parts[which].append(s)
+        self.size += n
+
+    def text(self, which):
+        return u''.join([_text(p) for p in self.parts[which]])
+
+
+class _Stream(object):
+    """Stands in for sys.stdout/sys.stderr: writes from a thread that is
+    capturing go to its buffer, everything else goes to the original object,
+    whose attributes (encoding, fileno, isatty, buffer, ...) show through.
+
+    Needs nothing from the agent's globals at call time, so it keeps working
+    if it has to stay installed (someone wrapped it) after the agent ended."""
+
+    _memsleuth_proxy = True
+
+    def __init__(self, orig, which, captures):
+        self.__dict__['_ms_orig'] = orig
+        self.__dict__['_ms_which'] = which
+        self.__dict__['_ms_captures'] = captures
+
+    def write(self, s, _ident=_get_ident):
+        cap = self._ms_captures.get(_ident())
+        if cap is None:
+            return self._ms_orig.write(s)
+        cap.add(self._ms_which, s)
+        try:
+            return len(s)
+        except Exception:
+            return None
+
+    def writelines(self, lines, _ident=_get_ident):
+        cap = self._ms_captures.get(_ident())
+        if cap is None:
+            return self._ms_orig.writelines(lines)
+        for line in lines:
+            cap.add(self._ms_which, line)
+
+    def flush(self, _ident=_get_ident):
+        if self._ms_captures.get(_ident()) is None:
+            return self._ms_orig.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__['_ms_orig'], name)
+
+
+class _DisplayHook(object):
+    """Stands in for sys.displayhook: in a capturing thread, records the repr
+    of an expression statement's value (what the REPL would print); in any
+    other thread, calls the original."""
+
+    _memsleuth_proxy = True
+
+    def __init__(self, orig, captures, ns, repr_cap):
+        self.orig = orig
+        self.captures = captures
+        self.ns = ns
+        self.repr_cap = repr_cap
+
+    def __call__(self, value, _ident=_get_ident):
+        cap = self.captures.get(_ident())
+        if cap is None:
+            return self.orig(value)
+        if value is None:
+            return
+        self.ns['_'] = value
+        r = repr(value)
+        if len(r) > self.repr_cap:
+            r = r[:self.repr_cap]
+            cap.truncated = True
+        cap.values.append(r)
+
+
+def _is_identifier(s):
+    if not s:
+        return False
+    if not PY2:
+        return s.isidentifier()
+    if not (s[0].isalpha() or s[0] == '_'):
+        return False
+    for c in s:
+        if not (c.isalnum() or c == '_'):
+            return False
+    return True
+
+
+def _stdlib_dirs():
+    dirs = []
+    for d in (getattr(sys, '_stdlib_dir', None), os.path.dirname(getattr(os, '__file__', '') or '')):
+        if d and d + os.sep not in dirs:
+            dirs.append(d + os.sep)
+    return dirs
+
+
+class _AgentError(Exception):
+    pass
+
+
+class _Agent(object):
+
+    def __init__(self, sock, params):
+        self.t_start = _T_LOAD
+        self.sock = sock
+        self.params = params
+        self.ident = _get_ident()
+        before = params.get('modules_before')
+        if not before:
+            before = set(sys.modules)
+        self.threading_before = 'threading' in before
+        # Modules that appeared while this thread was working (bootstrap,
+        # startup, each request): the candidates for removal at the end.
+        self.imported = set(sys.modules) - set(before)
+        self.captures = {}
+        self.repr_cap = DEFAULT_REPR_CAP
+        self.output_cap = DEFAULT_OUTPUT_CAP
+        self.ns = {}
+        self.out_proxy = None
+        self.err_proxy = None
+        self.hook_proxy = None
+        self.orig_out = None
+        self.orig_err = None
+        self.orig_hook = None
+        self.linecache_before = None
+
+    # -- wire -------------------------------------------------------------
+
+    def _recv_exact(self, n):
+        chunks = []
+        while n > 0:
+            try:
+                c = self.sock.recv(min(n, 1 << 20))
+            except Exception as e:
+                if getattr(e, 'errno', None) == 4:  # EINTR on 2.7
+                    continue
+                raise
+            if not c:
+                return None
+            chunks.append(c)
+            n -= len(c)
+        return b''.join(chunks)
+
+    def recv_frame(self):
+        head = self._recv_exact(4)
+        if head is None:
+            return None
+        b = bytearray(head)
+        n = (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
+        if n > MAX_FRAME_IN:
+            raise _AgentError('frame of %d bytes is over the limit' % n)
+        body = self._recv_exact(n)
+        if body is None:
+            return None
+        nl = body.find(b'\n')
+        if nl < 0:
+            raise _AgentError('frame without a header line')
+        header = json.loads(body[:nl].decode('utf-8'))
+        if not isinstance(header, dict):
+            raise _AgentError('frame header is not an object')
+        return header, body[nl + 1:]
+
+    def send_raw(self, header_json, payload=b''):
+        if not isinstance(header_json, bytes):
+            header_json = header_json.encode('ascii')
+        n = len(header_json) + 1 + len(payload)
+        prefix = bytes(bytearray([(n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255]))
+        # MSG_NOSIGNAL: an embedded interpreter may not ignore SIGPIPE, and a
+        # tool that died must not take the target down with it.
+        self.sock.sendall(prefix + header_json + b'\n' + payload, MSG_NOSIGNAL)
+
+    @staticmethod
+    def dumps(obj):
+        return json.dumps(obj, separators=(',', ':'), ensure_ascii=True, allow_nan=False)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def setup(self):
+        header = self.params.get('header') or b'{}'
+        load = json.loads(bytes(header).decode('utf-8'))
+        opts = load.get('options') or {}
+        self.repr_cap = int(opts.get('repr_cap', DEFAULT_REPR_CAP))
+        self.output_cap = int(opts.get('output_cap', DEFAULT_OUTPUT_CAP))
+        self.ns = {
+            '__name__': '__memsleuth__',
+            '__builtins__': _builtins,
+            'gc': gc,
+            'sys': sys,
+            'os': os,
+            'types_count': types_count,
+        }
+        lc = sys.modules.get('linecache')
+        if lc is not None:
+            self.linecache_before = set(getattr(lc, 'cache', {}))
+        # Per-thread output capture. Not installed over None (a daemon with
+        # closed stdio): `print` must keep discarding silently there. (A
+        # second agent is refused by the bootstrap, which looks for our
+        # frames; a proxy left inside someone's wrapper is harmless.)
+        self.orig_out = getattr(sys, 'stdout', None)
+        self.orig_err = getattr(sys, 'stderr', None)
+        self.orig_hook = getattr(sys, 'displayhook', None)
+        if self.orig_out is not None:
+            self.out_proxy = _Stream(self.orig_out, 'stdout', self.captures)
+            sys.stdout = self.out_proxy
+        if self.orig_err is not None:
+            self.err_proxy = _Stream(self.orig_err, 'stderr', self.captures)
+            sys.stderr = self.err_proxy
+        if self.orig_hook is not None:
+            self.hook_proxy = _DisplayHook(self.orig_hook, self.captures, self.ns, self.repr_cap)
+            sys.displayhook = self.hook_proxy
+
+    def hello(self):
+        vi = sys.version_info
+        impl = getattr(sys, 'implementation', None)
+        return {
+            'agent_version': AGENT_VERSION,
+            'python_version': _text(sys.version),
+            'version_info': {
+                'major': vi[0], 'minor': vi[1], 'micro': vi[2],
+                'releaselevel': _text(vi[3]), 'serial': vi[4],
+            },
+            'implementation': _text(impl.name) if impl is not None else 'cpython',
+            'executable': _text(sys.executable or ''),
+            'pid': os.getpid(),
+            'thread_count': len(sys._current_frames()),
+            'gc_enabled': gc.isenabled(),
+            'threading_imported': self.threading_before,
+            'stdout_proxy': self.out_proxy is not None,
+            'stderr_proxy': self.err_proxy is not None,
+            'agent_thread': self.ident,
+        }
+
+    def run(self):
+        try:
+            mods = set(sys.modules)
+            try:
+                self.setup()
+                body = self.dumps(self.hello())
+                ok = True
+            except BaseException:
+                body = self.dumps(self.error_info(sys.exc_info(), user=False))
+                ok = False
+            self.note_imports(mods)
+            gil = repr(float(_clock() - self.t_start))
+            if ok:
+                self.send_raw('{"op":"hello","id":0,"ok":true,"gil_s":' + gil + ',"result":' + body + '}')
+                self.serve()
+            else:
+                self.send_raw('{"op":"hello","id":0,"ok":false,"gil_s":' + gil + ',"error":' + body + '}')
+        except BaseException:
+            pass
+        self.cleanup()
+
+    def note_imports(self, before):
+        """Adds the modules that appeared since `before` to `imported`."""
+        new = set(sys.modules)
+        new.difference_update(before)
+        self.imported.update(new)
+
+    def send_chunk(self, rid, meta, payload):
+        """Streams part of a large answer before the final response: a frame
+        {"id": rid, "chunk": true, **meta} carrying `payload` (bytes). The
+        socket write releases the GIL, so chunking also bounds the longest
+        GIL hold of a big op."""
+        head = dict(meta)
+        head['id'] = rid
+        head['chunk'] = True
+        self.send_raw(self.dumps(head), payload)
+
+    def serve(self):
+        ops = {
+            'exec': self.op_exec,
+            'eval': self.op_eval,
+            'complete': self.op_complete,
+            'compile_check': self.op_compile_check,
+            'ping': self.op_ping,
+            'detach': self.op_detach,
+        }
+        # Ops from the plugin sources appended after this file: each is
+        # fn(agent, request) -> result, and may call agent.send_chunk.
+        for name, fn in EXTRA_OPS.items():
+            ops[name] = (lambda req, fn=fn: fn(self, req))
+        while True:
+            frame = self.recv_frame()
+            if frame is None:
+                return
+            t0 = _clock()
+            mods = set(sys.modules)
+            header, payload = frame
+            rid = header.get('id', 0)
+            op = header.get('op')
+            handler = ops.get(op)
+            try:
+                if handler is None:
+                    raise _AgentError('unknown op %r' % (op,))
+                tail = ',"result":' + self.dumps(handler(header)) + '}'
+                ok = 'true'
+            except BaseException:
+                tail = ',"error":' + self.dumps(self.error_info(sys.exc_info(), user=False)) + '}'
+                ok = 'false'
+            self.note_imports(mods)
+            if PY2:
+                sys.exc_clear()
+            head = '{"id":' + self.dumps(rid) + ',"ok":' + ok + ',"gil_s":'
+            self.send_raw(head + repr(float(_clock() - t0)) + tail)
+            if op == 'detach':
+                return
+
+    def cleanup(self):
+        """Undo everything. Each step on its own: one failing must not stop
+        the rest. Runs once, whatever ended the session."""
+        if self.sock is None:
+            return
+        try:
+            if self.out_proxy is not None and sys.stdout is self.out_proxy:
+                sys.stdout = self.orig_out
+        except BaseException:
+            pass
+        try:
+            if self.err_proxy is not None and sys.stderr is self.err_proxy:
+                sys.stderr = self.orig_err
+        except BaseException:
+            pass
+        try:
+            if self.hook_proxy is not None and sys.displayhook is self.hook_proxy:
+                sys.displayhook = self.orig_hook
+        except BaseException:
+            pass
+        try:
+            self.captures.clear()
+        except BaseException:
+            pass
+        # Code run here may have called threading.current_thread(), which
+        # registers a _DummyThread for this thread that is never removed.
+        try:
+            th = sys.modules.get('threading')
+            if th is not None:
+                t = th._active.get(self.ident)
+                if t is not None and type(t).__name__ == '_DummyThread':
+                    th._active.pop(self.ident, None)
+        except BaseException:
+            pass
+        try:
+            lc = sys.modules.get('linecache')
+            if lc is not None and self.linecache_before is not None:
+                for k in list(lc.cache):
+                    if k not in self.linecache_before:
+                        lc.cache.pop(k, None)
+        except BaseException:
+            pass
+        try:
+            self.remove_modules()
+        except BaseException:
+            pass
+        try:
+            self.ns.clear()
+        except BaseException:
+            pass
+        self.params = None
+        self.orig_out = self.orig_err = self.orig_hook = None
+        try:
+            self.retire_proxies()
+        except BaseException:
+            pass
+        # Last: the tool takes the hang-up as "cleanup finished".
+        try:
+            self.sock.close()
+        except BaseException:
+            pass
+        self.sock = None
+
+    def retire_proxies(self):
+        """Lets go of the proxies without freeing them under another thread.
+
+        print() (and PySys_WriteStdout, PRINT_EXPR, ...) hold sys.stdout as a
+        *borrowed* reference across calls that can switch threads (a later
+        argument's __str__, the write itself): cpython#130163. If our
+        reference were the last one, restoring sys.stdout and dropping the
+        proxy could free it under a print in flight: a crash in the target.
+        So we keep it for a grace period (GIL released), then leave it in a
+        reference cycle, so only the cyclic GC frees it, well after any
+        print that fetched it has finished."""
+        proxies = [p for p in (self.out_proxy, self.err_proxy, self.hook_proxy) if p is not None]
+        self.out_proxy = self.err_proxy = self.hook_proxy = None
+        if not proxies:
+            return
+        time.sleep(RETIRE_GRACE_S)
+        for p in proxies:
+            p.__dict__['_ms_retired'] = p
+
+    def classify_modules(self):
+        """(to remove, to keep) among the modules imported while we ran.
+        Stdlib and builtin ones go. Third-party ones a user imported in the
+        session stay: some extension modules (numpy) cannot be initialised
+        twice, so removing them could break the app's own later import."""
+        stdlib = _stdlib_dirs()
+        doomed = []
+        kept = []
+        for name in self.imported:
+            mod = sys.modules.get(name)
+            f = getattr(mod, '__file__', None) if mod is not None else None
+            if f and ('site-packages' in f or 'dist-packages' in f
+                      or not [d for d in stdlib if f.startswith(d)]):
+                kept.append(name)
+            else:
+                doomed.append(name)
+        return doomed, sorted(kept)
+
+    def remove_modules(self):
+        doomed, _ = self.classify_modules()
+        # Children first, then unhook each from its parent package.
+        doomed.sort(key=lambda n: -n.count('.'))
+        for name in doomed:
+            mod = sys.modules.pop(name, None)
+            parent, _, child = name.rpartition('.')
+            if parent and mod is not None:
+                p = sys.modules.get(parent)
+                if p is not None and getattr(p, child, None) is mod:
+                    try:
+                        delattr(p, child)
+                    except BaseException:
+                        pass
+
+    # -- errors and capture --------------------------------------------------
+
+    def error_info(self, exc_info, user=True):
+        etype, value, tb = exc_info
+        try:
+            # Drop the agent's own frames from the top of a user traceback.
+            while user and tb is not None and tb.tb_frame.f_code.co_filename == AGENT_FILE:
+                tb = tb.tb_next
+            try:
+                import traceback
+                text = u''.join([_text(x) for x in traceback.format_exception(etype, value, tb)])
+            except BaseException:
+                text = u''
+            try:
+                msg = _text(value)
+            except BaseException:
+                msg = u''
+            return {'type': _text(_type_name(etype)), 'message': msg, 'traceback': text}
+        finally:
+            etype = value = tb = exc_info = None
+
+    def begin_capture(self):
+        cap = _Capture(self.output_cap)
+        self.captures[self.ident] = cap
+        return cap
+
+    def end_capture(self):
+        self.captures.pop(self.ident, None)
+
+    # -- ops ----------------------------------------------------------------
+
+    def op_exec(self, req):
+        code = req.get('code')
+        mode = req.get('mode') or 'exec'
+        if mode not in ('exec', 'single'):
+            raise ValueError('mode must be "exec" or "single", not %r' % (mode,))
+        if not isinstance(code, _text_types):
+            raise TypeError('code must be a string')
+        if not code.endswith('\n'):
+            # Like the REPL's input: 2.7-3.8 cannot compile a compound
+            # statement in 'single' mode without the final newline.
+            code = code + '\n'
+        raised = False
+        error = None
+        cap = self.begin_capture()
+        try:
+            try:
+                compiled = compile(code, USER_FILE, mode, 0, True)
+                exec(compiled, self.ns)
+            except BaseException:
+                raised = True
+                error = self.error_info(sys.exc_info())
+        finally:
+            self.end_capture()
+            compiled = None
+        value_repr = None
+        if mode == 'single' and cap.values:
+            value_repr = u'\n'.join([_text(v) for v in cap.values])
+        return {
+            'stdout': cap.text('stdout'),
+            'stderr': cap.text('stderr'),
+            'value_repr': value_repr,
+            'raised': raised,
+            'error': error,
+            'truncated': cap.truncated,
+        }
+
+    def op_eval(self, req):
+        expr = req.get('expr')
+        if not isinstance(expr, _text_types):
+            raise TypeError('expr must be a string')
+        cap = self.begin_capture()
+        try:
+            value = eval(compile(expr, USER_FILE, 'eval', 0, True), self.ns)
+            r = repr(value)
+            tname = _type_name(type(value))
+            value = None
+        finally:
+            self.end_capture()
+        n = len(r)
+        truncated = n > self.repr_cap
+        if truncated:
+            r = r[:self.repr_cap]
+        return {
+            'value_repr': _text(r),
+            'type': _text(tname),
+            'truncated': truncated,
+            'repr_len': n,
+            'stdout': cap.text('stdout'),
+            'stderr': cap.text('stderr'),
+        }
+
+    def _lookup_dotted(self, parts):
+        """Follows a plain dotted name (no calls, no subscripts)."""
+        first = parts[0]
+        if first in self.ns:
+            obj = self.ns[first]
+        elif hasattr(_builtins, first):
+            obj = getattr(_builtins, first)
+        else:
+            raise NameError(first)
+        for p in parts[1:]:
+            obj = getattr(obj, p)
+        return obj
+
+    def op_complete(self, req):
+        text = req.get('text') or u''
+        if not isinstance(text, _text_types):
+            raise TypeError('text must be a string')
+        matches = set()
+        if '.' in text:
+            head, _, attr = text.rpartition('.')
+            parts = head.split('.')
+            if all([_is_identifier(p) for p in parts]):
+                try:
+                    obj = self._lookup_dotted(parts)
+                    names = dir(obj)
+                except Exception:
+                    names = []
+                for n in names:
+                    if not isinstance(n, _text_types) or not n.startswith(attr):
+                        continue
+                    if n.startswith('_') and not attr.startswith('_'):
+                        continue
+                    matches.add(head + '.' + n)
+        else:
+            import keyword
+            names = list(self.ns) + dir(_builtins) + list(keyword.kwlist)
+            for n in names:
+                if not isinstance(n, _text_types) or not n.startswith(text):
+                    continue
+                if n.startswith('_') and not text.startswith('_'):
+                    continue
+                matches.add(n)
+        out = sorted(matches)[:MAX_MATCHES]
+        return {'matches': [_text(m) for m in out]}
+
+    def op_compile_check(self, req):
+        source = req.get('source')
+        if not isinstance(source, _text_types):
+            raise TypeError('source must be a string')
+        import codeop
+        try:
+            code = codeop.compile_command(source, USER_FILE, 'single')
+        except (SyntaxError, OverflowError, ValueError):
+            return {'status': 'error', 'error': self.error_info(sys.exc_info())}
+        return {'status': 'complete' if code is not None else 'incomplete', 'error': None}
+
+    def op_ping(self, req):
+        return {'time': time.time()}
+
+    def op_detach(self, req):
+        # Cleanup runs after this answer is sent; say what it will keep.
+        return {'detached': True, 'kept_modules': [_text(m) for m in self.classify_modules()[1]]}
+
+
+# name -> fn(agent, request): filled by the plugin sources (heap census, gc,
+# ...) that the tool appends to this file before sending it.
+EXTRA_OPS = {}
+
+
+def main(sock, params):
+    agent = None
+    try:
+        agent = _Agent(sock, params)
+        agent.run()
+    except BaseException:
+        try:
+            if agent is not None:
+                agent.cleanup()
+            else:
+                sock.close()
+        except BaseException:
+            pass

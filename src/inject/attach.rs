@@ -1,0 +1,303 @@
+//! Attaching: preflight, then the safest way in that works, then the agent
+//! session.
+//!
+//! Order of preference:
+//! 1. PEP 768 (3.14+, remote debugging enabled): no ptrace stop at all. The
+//!    request runs when the chosen thread next evaluates bytecode, so it goes
+//!    to the main thread, or to a thread seen holding the GIL when main is
+//!    parked. If nobody picks it up quickly it is cancelled (so it cannot run
+//!    later and complain that its script is gone) and we fall through.
+//! 2. ptrace at safe points (see [`super::ptrace_path`]): a call on a thread
+//!    parked in a safe syscall without the GIL, or a pending call that the
+//!    interpreter runs at its next safe point, nudged out of a lock wait.
+
+use std::time::{Duration, Instant};
+
+use super::pep768::{self, Pep768Request, Pep768Status};
+use super::preflight::{self, PreflightError};
+use super::ptrace::PtraceError;
+use super::ptrace_path::{self, PtraceMethod, PtraceRequest};
+use crate::agent::session::{Listener, Session, SessionError};
+use crate::process::users;
+
+/// How to get in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodChoice {
+    /// PEP 768 when the target allows it, else ptrace.
+    #[default]
+    Auto,
+    /// Only PEP 768 (3.14+).
+    Pep768,
+    /// Only ptrace, even on 3.14+.
+    Ptrace,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    /// How long to wait for the interpreter to run our bootstrap.
+    pub timeout: Duration,
+    pub method: MethodChoice,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            timeout: Duration::from_secs(5),
+            method: MethodChoice::Auto,
+        }
+    }
+}
+
+/// The way the bootstrap got to run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum Method {
+    /// PEP 768 request on this thread.
+    Pep768 { tid: u64, main: bool },
+    /// ptrace call on a thread parked in a safe syscall without the GIL.
+    PtraceDirect { tid: u32 },
+    /// ptrace-scheduled `Py_AddPendingCall`, run by the main thread.
+    PtracePending,
+    /// The same, after making the main thread's lock wait return EINTR.
+    PtracePendingNudged { tid: u32 },
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::Pep768 { tid, main: true } => write!(f, "PEP 768 on the main thread ({tid})"),
+            Method::Pep768 { tid, .. } => write!(f, "PEP 768 on thread {tid}"),
+            Method::PtraceDirect { tid } => {
+                write!(f, "ptrace call on thread {tid}, parked in a safe syscall")
+            }
+            Method::PtracePending => write!(f, "ptrace pending call, run by the main thread"),
+            Method::PtracePendingNudged { tid } => {
+                write!(
+                    f,
+                    "ptrace pending call, main thread {tid} nudged out of its lock wait"
+                )
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Pep768(#[from] pep768::Pep768Error),
+    #[error(transparent)]
+    Ptrace(#[from] PtraceError),
+    #[error(
+        "--method pep768 needs Python 3.14 or newer with remote debugging enabled, and process {pid} {why}; use --method auto"
+    )]
+    Pep768Unavailable { pid: u32, why: String },
+}
+
+/// A live session inside the target.
+pub struct Attached {
+    pub session: Session,
+    pub method: Method,
+    /// Wall time from the start of preflight to the agent's hello.
+    pub attach_s: f64,
+    /// Things worth telling the user (e.g. why PEP 768 was not used).
+    pub notes: Vec<String>,
+    pub pid: u32,
+    /// The private directory the session used in the target's filesystem
+    /// (already removed once the agent connected).
+    pub session_dir: String,
+    target: preflight::Target,
+    leftover_page: Option<(u64, usize)>,
+}
+
+impl Attached {
+    /// Ends the session: the agent restores everything and its thread ends;
+    /// then our scratch page (pending-call path) is unmapped.
+    pub fn detach(mut self) -> Result<(), AttachError> {
+        let page = self.leftover_page.take();
+        let session_result = self.session.detach();
+        if let Some(page) = page {
+            ptrace_path::unmap_leftover(&self.target.proc, &self.target.python, page)?;
+        }
+        session_result?;
+        Ok(())
+    }
+
+    pub fn python(&self) -> &crate::python::PythonProcess {
+        &self.target.python
+    }
+}
+
+/// How long a PEP 768 request may wait on a thread before we try another.
+const PEP768_FIRST_WAIT: Duration = Duration::from_millis(250);
+
+pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
+    let started = Instant::now();
+    let target = preflight::check(pid)?;
+    let mut listener = Listener::prepare(&target.proc, target.uid, target.gid)?;
+    let code = listener.bootstrap_code(users::our_uid());
+    let mut notes = Vec::new();
+    let deadline = started + opts.timeout;
+
+    let mut method = None;
+    if opts.method != MethodChoice::Ptrace {
+        match try_pep768(&target, &mut listener, &code, deadline)? {
+            Pep768Outcome::Attached(m) => method = Some(m),
+            Pep768Outcome::Skipped(why) => {
+                if opts.method == MethodChoice::Pep768 {
+                    return Err(AttachError::Pep768Unavailable { pid, why });
+                }
+                if target
+                    .python
+                    .version
+                    .is_some_and(|v| (v.major, v.minor) >= (3, 14))
+                {
+                    notes.push(format!(
+                        "PEP 768 not used: process {pid} {why}; attached through ptrace"
+                    ));
+                }
+            }
+        }
+    }
+    let mut leftover_page = None;
+    let method = match method {
+        Some(m) => m,
+        None => {
+            let remaining = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(500));
+            let req = PtraceRequest {
+                code: code.as_bytes(),
+                timeout: remaining,
+            };
+            let outcome = ptrace_path::inject(&target.proc, &target.python, &req, &mut |d| {
+                listener.wait(d).unwrap_or(false)
+            })?;
+            leftover_page = outcome.leftover_page;
+            match outcome.method {
+                PtraceMethod::Direct { tid } => Method::PtraceDirect { tid },
+                PtraceMethod::Pending => Method::PtracePending,
+                PtraceMethod::PendingNudged { tid } => Method::PtracePendingNudged { tid },
+            }
+        }
+    };
+    let session_dir = listener.dir_in_target().to_string();
+    let session = match listener.into_session() {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(page) = leftover_page {
+                let _ = ptrace_path::unmap_leftover(&target.proc, &target.python, page);
+            }
+            return Err(e.into());
+        }
+    };
+    Ok(Attached {
+        session,
+        method,
+        attach_s: started.elapsed().as_secs_f64(),
+        notes,
+        pid,
+        session_dir,
+        target,
+        leftover_page,
+    })
+}
+
+enum Pep768Outcome {
+    Attached(Method),
+    /// Why not (a phrase after "process N").
+    Skipped(String),
+}
+
+fn try_pep768(
+    target: &preflight::Target,
+    listener: &mut Listener,
+    code: &str,
+    deadline: Instant,
+) -> Result<Pep768Outcome, AttachError> {
+    let (proc, py) = (&target.proc, &target.python);
+    if py.version.is_none_or(|v| (v.major, v.minor) < (3, 14)) {
+        return Ok(Pep768Outcome::Skipped(
+            "runs a Python older than 3.14".into(),
+        ));
+    }
+    match pep768::status(proc, py)? {
+        Pep768Status::Enabled { .. } => {}
+        Pep768Status::DisabledInTarget => {
+            return Ok(Pep768Outcome::Skipped(
+                "has remote debugging disabled (PYTHON_DISABLE_REMOTE_DEBUG, -X disable-remote-debug, or a build without it)"
+                    .into(),
+            ));
+        }
+        Pep768Status::Unsupported(why) => {
+            return Ok(Pep768Outcome::Skipped(format!("cannot use PEP 768: {why}")));
+        }
+    }
+    let script = listener.write_file("boot.py", code.as_bytes())?;
+    // Main first; if it does not pick the request up (parked in a syscall),
+    // a thread seen holding the GIL is running bytecode and will.
+    let mut tried_main = false;
+    let mut tried: Vec<u64> = Vec::new();
+    while Instant::now() < deadline {
+        let tid = if !tried_main {
+            tried_main = true;
+            None
+        } else {
+            match gil_holder(target, &tried) {
+                Some(t) => Some(t as u32),
+                None => break,
+            }
+        };
+        let scheduled = match pep768::schedule(
+            proc,
+            py,
+            &Pep768Request {
+                script_path: &script,
+                tid,
+            },
+        ) {
+            Ok(s) => s,
+            Err(pep768::Pep768Error::AlreadyPending { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        tried.push(scheduled.native_tid);
+        let wait = PEP768_FIRST_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+        if listener.wait(wait)? {
+            return Ok(Pep768Outcome::Attached(Method::Pep768 {
+                tid: scheduled.native_tid,
+                main: scheduled.is_main,
+            }));
+        }
+        // Not picked up: withdraw it so it cannot run later.
+        pep768::cancel(proc, &scheduled)?;
+        // It may have run between the wait and the cancel.
+        if listener.wait(Duration::from_millis(20))? {
+            return Ok(Pep768Outcome::Attached(Method::Pep768 {
+                tid: scheduled.native_tid,
+                main: scheduled.is_main,
+            }));
+        }
+    }
+    Ok(Pep768Outcome::Skipped(
+        "did not run the PEP 768 request: no thread was executing Python code".into(),
+    ))
+}
+
+/// A thread (not yet tried) seen holding the GIL in a few quick samples.
+fn gil_holder(target: &preflight::Target, tried: &[u64]) -> Option<u64> {
+    for _ in 0..10 {
+        if let Ok(threads) = pep768::threads(&target.proc, &target.python)
+            && let Some(t) = threads
+                .iter()
+                .find(|t| t.holds_gil && !tried.contains(&t.native_tid))
+        {
+            return Some(t.native_tid);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
