@@ -134,6 +134,8 @@ impl Attached {
 
 /// How long a PEP 768 request may wait on a thread before we try another.
 const PEP768_FIRST_WAIT: Duration = Duration::from_millis(250);
+/// The same for a thread seen holding the GIL (running bytecode).
+const PEP768_BUSY_WAIT: Duration = Duration::from_millis(1500);
 
 pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
     let started = Instant::now();
@@ -265,7 +267,16 @@ fn try_pep768(
             Err(e) => return Err(e.into()),
         };
         tried.push(scheduled.native_tid);
-        let wait = PEP768_FIRST_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+        // A thread seen running Python picks the request up at its next
+        // eval-breaker check; on a loaded machine that can take a while, so
+        // it gets longer than a thread that is probably parked.
+        let busy = thread_runs_python(target, scheduled.native_tid);
+        let first_wait = if busy {
+            PEP768_BUSY_WAIT
+        } else {
+            PEP768_FIRST_WAIT
+        };
+        let wait = first_wait.min(deadline.saturating_duration_since(Instant::now()));
         if listener.wait(wait)? {
             return Ok(Pep768Outcome::Attached(Method::Pep768 {
                 tid: scheduled.native_tid,
@@ -285,6 +296,17 @@ fn try_pep768(
     Ok(Pep768Outcome::Skipped(
         "did not run the PEP 768 request: no thread was executing Python code".into(),
     ))
+}
+
+/// Whether `tid` is seen holding the GIL in a few quick samples.
+fn thread_runs_python(target: &preflight::Target, tid: u64) -> bool {
+    (0..5).any(|i| {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        pep768::threads(&target.proc, &target.python)
+            .is_ok_and(|ts| ts.iter().any(|t| t.native_tid == tid && t.holds_gil))
+    })
 }
 
 /// A thread (not yet tried) seen holding the GIL in a few quick samples.
