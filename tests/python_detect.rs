@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use memsleuth::process::Process;
 use memsleuth::process::maps::Mapping;
-use memsleuth::python::elf::{ElfFile, ElfInfo};
+use memsleuth::python::elf::{ElfFile, ElfInfo, FileBytes};
 use memsleuth::python::{self, BuildKind, PythonProcess, PythonVersion, version};
 
 const CHILD: &str = r#"
@@ -223,6 +223,7 @@ fn check(interp: &Path, build: BuildKind) -> Vec<String> {
     }
     bad.extend(check_addresses(&p, &maps, &truth));
     bad.extend(check_version_string(&p, &truth.version));
+    bad.extend(check_partial_read(&p));
     println!(
         "{:<58} {:<8} {:<9} via {:<14} base {:#x} PyRun_SimpleString {:#x} (ctypes {:#x}) _PyRuntime {:#x} (ctypes {:#x})",
         interp.display(),
@@ -316,6 +317,61 @@ fn check_version_string(p: &PythonProcess, want: &PythonVersion) -> Vec<String> 
     } else {
         vec![]
     }
+}
+
+/// Every `Py*`/`_Py*` name readelf lists in .dynsym and .symtab.
+fn readelf_names(binary: &Path) -> Vec<String> {
+    let Ok(out) = Command::new("readelf")
+        .args(["-W", "--dyn-syms", "--syms"])
+        .arg(binary)
+        .output()
+    else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|n| n.starts_with("Py") || n.starts_with("_Py"))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Reading only parts of the file (what `detect` does) must give what
+/// parsing the whole file in memory gives.
+fn check_partial_read(p: &PythonProcess) -> Vec<String> {
+    let file = ElfFile::open(&p.binary).unwrap();
+    let bytes = file.read_all().unwrap();
+    let parsed = ElfInfo::parse(bytes.as_bytes()).unwrap();
+    let loaded = ElfInfo::load(&file).unwrap();
+    let mut bad = Vec::new();
+    if (loaded.kind, &loaded.loads, &loaded.sections)
+        != (parsed.kind, &parsed.loads, &parsed.sections)
+    {
+        bad.push("partial read: different segments or sections".into());
+    }
+    let names = readelf_names(&p.binary);
+    let differ: Vec<&String> = names
+        .iter()
+        .filter(|n| loaded.symbol(n) != parsed.symbol(n))
+        .collect();
+    if !differ.is_empty() {
+        bad.push(format!("partial read: symbols differ: {differ:?}"));
+    }
+    if loaded.symbol_count() != parsed.symbol_count() {
+        bad.push(format!(
+            "partial read: {} symbols, whole file {}",
+            loaded.symbol_count(),
+            parsed.symbol_count()
+        ));
+    }
+    let rodata = loaded.section_bytes(&FileBytes::File(&file), ".rodata");
+    if rodata.as_deref() != parsed.section_data(bytes.as_bytes(), ".rodata") {
+        bad.push("partial read: .rodata differs".into());
+    }
+    bad
 }
 
 #[test]

@@ -6,27 +6,33 @@
 //! capped, FIFOs and devices are refused, and all parsing goes through the
 //! `object` crate's bounds-checked readers: a malformed file gives an error,
 //! never a panic.
+//!
+//! Detection reads little: [`ElfInfo::load`] preads the headers, .dynsym and
+//! .dynstr (about 100 kB of a 30 MB libpython), .symtab only if a name is
+//! not exported, and .rodata only when the version is not in `Py_Version`.
+//! Nothing is mmap'ed, so a file truncated meanwhile gives errors, not SIGBUS.
 
-use std::collections::HashMap;
+mod headers;
+mod sparse;
+mod symbols;
+
+use std::borrow::Cow;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use object::elf::{PF_X, SHF_ALLOC, SHT_DYNSYM, SHT_SYMTAB};
+use object::elf::{FileHeader32, FileHeader64, PF_X, SHT_DYNSYM, SHT_SYMTAB};
 use object::read::elf::{FileHeader, SectionHeader};
-use object::{
-    Endianness, FileKind, Object, ObjectKind, ObjectSection, ObjectSegment, ObjectSymbol,
-    ReadCache, ReadRef, SectionFlags, SectionIndex, SegmentFlags,
-};
+use object::{Endianness, FileKind, ReadCache, ReadRef, SectionIndex};
 
+pub use self::sparse::FileBytes;
+use self::symbols::Symbols;
 use crate::process::maps::Mapping;
 
 /// Bigger files are refused: libpython is ~30 MB, a static interpreter with
 /// debug info ~150 MB.
 pub const MAX_ELF_SIZE: u64 = 512 << 20;
-/// Caps on what a (possibly hostile) symbol table can make us store.
-const MAX_SYMBOLS: usize = 200_000;
-const MAX_NAME: usize = 256;
 
 /// Names whose definition marks a file as containing the CPython C API. Both
 /// exist from 2.7 to 3.15; a launcher or an embedding app only references them.
@@ -47,11 +53,12 @@ pub enum ElfError {
     Malformed(String),
 }
 
-/// An opened regular file, ready to be checked cheaply or read whole.
+/// An opened regular file, ready to be checked cheaply, parsed reading only
+/// the parts needed ([`ElfInfo::load`]), or read whole.
 #[derive(Debug)]
 pub struct ElfFile {
     pub path: PathBuf,
-    file: File,
+    file: Arc<File>,
     size: u64,
     pub inode: u64,
 }
@@ -77,7 +84,7 @@ impl ElfFile {
         }
         Ok(ElfFile {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             size: meta.len(),
             inode: meta.ino(),
         })
@@ -88,7 +95,7 @@ impl ElfFile {
     /// a host does not read every executable whole. Errs towards true (the
     /// full parse decides) when the file has no section headers.
     pub fn may_define_c_api(&self) -> bool {
-        let cache = ReadCache::new(&self.file);
+        let cache = ReadCache::new(&*self.file);
         let data = &cache;
         match FileKind::parse(data) {
             Ok(FileKind::Elf32) => mentions_c_api::<object::elf::FileHeader32<Endianness>, _>(data),
@@ -106,28 +113,12 @@ impl ElfFile {
                 size: self.size,
             });
         }
-        let mut buf = ElfBytes::zeroed(self.size as usize);
-        let mut filled = 0;
         // Positioned reads: the cheap check moved the file position. The file
         // may shrink while we read; keep what was there.
-        while filled < buf.len {
-            match self
-                .file
-                .read_at(&mut buf.as_bytes_mut()[filled..], filled as u64)
-            {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(ElfError::Io {
-                        path: self.path.clone(),
-                        source,
-                    });
-                }
-            }
-        }
-        buf.len = filled;
-        Ok(buf)
+        sparse::read_range(&self.file, 0, self.size as usize).map_err(|source| ElfError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -153,14 +144,42 @@ fn mentions_c_api<'a, H: FileHeader<Endian = Endianness>, R: ReadRef<'a>>(data: 
         let Ok(strings) = strtab.data(endian, data) else {
             continue;
         };
-        for name in C_API_SYMBOLS {
-            let needle = [b"\0", name.as_bytes(), b"\0"].concat();
-            if strings.windows(needle.len()).any(|w| w == needle) {
-                return Some(true);
-            }
+        if C_API_SYMBOLS
+            .iter()
+            .any(|name| has_string(strings, name.as_bytes()))
+        {
+            return Some(true);
         }
     }
     saw_table.then_some(false)
+}
+
+/// Whether `strings` contains `"\0" name "\0"`. Megabytes of string table
+/// (an unstripped Rust binary) hold few NULs followed by the name's first
+/// byte, so 64-byte blocks are first tested for one without branching (the
+/// compiler vectorises that).
+fn has_string(strings: &[u8], name: &[u8]) -> bool {
+    const BLOCK: usize = 64;
+    let Some(&first) = name.first() else {
+        return strings.windows(2).any(|w| w == [0, 0]);
+    };
+    let matches_at = |i: usize| {
+        strings.get(i + 1..i + 1 + name.len()) == Some(name)
+            && strings.get(i + 1 + name.len()) == Some(&0)
+    };
+    let mut lo = 0;
+    while lo + 1 < strings.len() {
+        let hi = (lo + BLOCK).min(strings.len() - 1);
+        let mut any = false;
+        for (&nul, &next) in strings[lo..hi].iter().zip(&strings[lo + 1..hi + 1]) {
+            any |= (nul == 0) & (next == first);
+        }
+        if any && (lo..hi).any(|i| strings[i] == 0 && strings[i + 1] == first && matches_at(i)) {
+            return true;
+        }
+        lo = hi;
+    }
+    false
 }
 
 /// File bytes in 8-byte-aligned storage: `object` reads headers in place and
@@ -239,7 +258,8 @@ pub struct Symbol {
     pub dynamic: bool,
 }
 
-/// What we keep of a parsed ELF file (the bytes themselves are dropped).
+/// What we keep of a parsed ELF file (not its bytes: a file parsed with
+/// [`ElfInfo::load`] keeps an open handle to read .symtab if a lookup needs it).
 #[derive(Clone)]
 pub struct ElfInfo {
     pub kind: ElfKind,
@@ -251,7 +271,7 @@ pub struct ElfInfo {
     /// Defined CPython symbols (`Py*`, `_Py*`): .dynsym entries, plus global
     /// .symtab ones not exported. Local symbols are left out because their
     /// names are not unique.
-    symbols: HashMap<String, Symbol>,
+    symbols: Arc<Symbols>,
 }
 
 impl std::fmt::Debug for ElfInfo {
@@ -261,98 +281,48 @@ impl std::fmt::Debug for ElfInfo {
             .field("is_64", &self.is_64)
             .field("loads", &self.loads)
             .field("sections", &self.sections.len())
-            .field("symbols", &self.symbols.len())
+            .field("dynamic_symbols", &self.symbols.dynamic_count())
             .finish()
     }
 }
 
 impl ElfInfo {
+    /// Parses a file held in memory, symbol tables included.
     pub fn parse(data: &[u8]) -> Result<ElfInfo, ElfError> {
-        let bad = |e: object::Error| ElfError::Malformed(e.to_string());
-        let file = object::File::parse(data).map_err(bad)?;
-        if file.format() != object::BinaryFormat::Elf {
-            return Err(ElfError::Malformed("not ELF".into()));
-        }
-        let kind = match file.kind() {
-            ObjectKind::Executable => ElfKind::Executable,
-            ObjectKind::Dynamic => ElfKind::Dynamic,
-            other => {
-                return Err(ElfError::Malformed(format!(
-                    "{other:?} file, not an executable or shared object"
-                )));
-            }
+        let parts = match FileKind::parse(data) {
+            Ok(FileKind::Elf32) => headers::parts::<FileHeader32<Endianness>, _>(data, true)?,
+            Ok(FileKind::Elf64) => headers::parts::<FileHeader64<Endianness>, _>(data, true)?,
+            Ok(_) => return Err(ElfError::Malformed("not ELF".into())),
+            Err(e) => return Err(ElfError::Malformed(e.to_string())),
         };
-        let mut loads: Vec<LoadSegment> = file
-            .segments()
-            .map(|s| {
-                let (offset, filesz) = s.file_range();
-                let flags = match s.flags() {
-                    SegmentFlags::Elf { p_flags } => p_flags,
-                    _ => 0,
-                };
-                LoadSegment {
-                    vaddr: s.address(),
-                    memsz: s.size(),
-                    offset,
-                    filesz,
-                    flags,
-                }
-            })
-            .collect();
-        loads.sort_by_key(|l| l.vaddr);
-        if loads.is_empty() {
-            return Err(ElfError::Malformed("no PT_LOAD segments".into()));
+        Ok(parts.info(None))
+    }
+
+    /// Parses a file reading only what most questions need: the ELF,
+    /// program and section headers, section names, .dynsym and .dynstr. The
+    /// .symtab (megabytes in an unstripped libpython) is read the first time
+    /// a name is not found in .dynsym; see [`FileBytes`] for other contents.
+    /// Gives the same answers as [`ElfInfo::parse`] on the whole file (only
+    /// a .symtab corrupt beyond what its header shows is not caught here:
+    /// its names are then missing instead of the parse failing).
+    pub fn load(file: &ElfFile) -> Result<ElfInfo, ElfError> {
+        if file.size > MAX_ELF_SIZE {
+            return Err(ElfError::TooLarge {
+                path: file.path.clone(),
+                size: file.size,
+            });
         }
-        let sections = file
-            .sections()
-            .filter(|s| matches!(s.flags(), SectionFlags::Elf { sh_flags } if sh_flags & u64::from(SHF_ALLOC) != 0))
-            .filter_map(|s| {
-                let name = s.name_bytes().ok()?;
-                (name.len() <= MAX_NAME).then(|| Section {
-                    name: String::from_utf8_lossy(name).into_owned(),
-                    vaddr: s.address(),
-                    size: s.size(),
-                    file_range: s.file_range(),
-                })
-            })
-            .collect();
-        let mut symbols = HashMap::new();
-        for (table, dynamic) in [(file.dynamic_symbols(), true), (file.symbols(), false)] {
-            for sym in table.take(MAX_SYMBOLS) {
-                if !sym.is_definition() || !(dynamic || sym.is_global()) {
-                    continue;
-                }
-                let Ok(name) = sym.name_bytes() else { continue };
-                if name.len() > MAX_NAME || !(name.starts_with(b"Py") || name.starts_with(b"_Py")) {
-                    continue;
-                }
-                let Ok(name) = std::str::from_utf8(name) else {
-                    continue;
-                };
-                symbols.entry(name.to_owned()).or_insert(Symbol {
-                    vaddr: sym.address(),
-                    size: sym.size(),
-                    dynamic,
-                });
-            }
-        }
-        Ok(ElfInfo {
-            kind,
-            is_64: file.is_64(),
-            little_endian: file.is_little_endian(),
-            loads,
-            sections,
-            symbols,
-        })
+        headers::load(file)
     }
 
     /// A defined `Py*`/`_Py*` symbol, preferring the exported definition.
     pub fn symbol(&self, name: &str) -> Option<Symbol> {
-        self.symbols.get(name).copied()
+        self.symbols.get(name)
     }
 
+    /// How many `Py*`/`_Py*` names are defined (this reads .symtab).
     pub fn symbol_count(&self) -> usize {
-        self.symbols.len()
+        self.symbols.count()
     }
 
     pub fn section(&self, name: &str) -> Option<&Section> {
@@ -361,7 +331,7 @@ impl ElfInfo {
 
     /// Whether the file defines the C API (not just references it).
     pub fn defines_c_api(&self) -> bool {
-        C_API_SYMBOLS.iter().any(|n| self.symbols.contains_key(*n))
+        C_API_SYMBOLS.iter().any(|n| self.symbols.get(n).is_some())
     }
 
     /// The file offset of `len` bytes at `vaddr`, if a PT_LOAD holds all of
@@ -387,13 +357,31 @@ impl ElfInfo {
         if !(1..=8).contains(&size) {
             return None;
         }
-        let bytes = self.read_vaddr(data, vaddr, size)?;
+        Some(self.uint(self.read_vaddr(data, vaddr, size)?))
+    }
+
+    /// [`read_uint`](Self::read_uint) on the bytes of a file wherever they are.
+    pub fn read_uint_from(&self, bytes: &FileBytes, vaddr: u64, size: u64) -> Option<u64> {
+        if !(1..=8).contains(&size) {
+            return None;
+        }
+        let bytes = bytes.get(self.file_offset(vaddr, size)?, size)?;
+        Some(self.uint(&bytes))
+    }
+
+    fn uint(&self, bytes: &[u8]) -> u64 {
         let fold = |acc: u64, b: &u8| acc << 8 | u64::from(*b);
-        Some(if self.little_endian {
+        if self.little_endian {
             bytes.iter().rev().fold(0, fold)
         } else {
             bytes.iter().fold(0, fold)
-        })
+        }
+    }
+
+    /// [`section_data`](Self::section_data) on the bytes of a file wherever they are.
+    pub fn section_bytes<'a>(&self, bytes: &FileBytes<'a>, name: &str) -> Option<Cow<'a, [u8]>> {
+        let (offset, size) = self.section(name)?.file_range?;
+        bytes.get(offset, size)
     }
 
     /// The bytes of a section, if it has any in the file.

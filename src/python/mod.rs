@@ -32,7 +32,7 @@ use std::sync::Arc;
 use crate::process::maps::Mapping;
 use crate::process::{ProcError, Process};
 
-use self::elf::{ElfBytes, ElfFile, ElfInfo, Placement};
+use self::elf::{ElfFile, ElfInfo, FileBytes, Placement};
 pub use self::version::PythonVersion;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -129,7 +129,8 @@ pub fn detect(proc: &Process, mappings: &[Mapping]) -> Result<Option<PythonProce
     for maps in libpython_mappings(mappings) {
         let first = maps[0];
         let lib_hint = version::hint_from_name(file_name(first.clean_path()));
-        let parsed = match open_mapped(proc, first).map(|f| parse(&f, &maps)) {
+        let file = open_mapped(proc, first);
+        let parsed = match file.as_ref().map(|f| parse(f, &maps)) {
             Some(Err(Skip::NoApi)) => continue, // readable, yet no C API: merely named libpython
             Some(Ok(parsed)) => Some(parsed),
             Some(Err(Skip::Unusable)) | None => None, // go by the name
@@ -137,7 +138,8 @@ pub fn detect(proc: &Process, mappings: &[Mapping]) -> Result<Option<PythonProce
         // The name always has major.minor: is_libpython demands it.
         let (version, source) = parsed
             .as_ref()
-            .and_then(|(info, _, bytes)| version_in_binary(info, bytes.as_bytes(), lib_hint))
+            .zip(file.as_ref())
+            .and_then(|((info, _), f)| version_in_binary(info, &FileBytes::File(f), lib_hint))
             .or_else(|| lib_hint.map(|(a, b)| (PythonVersion::major_minor(a, b), "library name")))
             .map_or((None, "unknown"), |(v, s)| (Some(v), s));
         let (image, placement) = split(parsed);
@@ -170,12 +172,12 @@ fn static_build(
     if !file.may_define_c_api() {
         return None;
     }
-    let (info, placement, bytes) = parse(&file, maps).ok()?;
+    let (info, placement) = parse(&file, maps).ok()?;
     let hint = version::hint_from_name(file_name(exe));
-    let (version, source) = version_in_binary(&info, bytes.as_bytes(), hint)
+    let (version, source) = version_in_binary(&info, &FileBytes::File(&file), hint)
         .or_else(|| hint.map(|(a, b)| (PythonVersion::major_minor(a, b), "executable name")))
         .map_or((None, "unknown"), |(v, s)| (Some(v), s));
-    let (image, placement) = split(Some((info, placement, bytes)));
+    let (image, placement) = split(Some((info, placement)));
     Some(PythonProcess {
         version,
         build: BuildKind::Static,
@@ -195,12 +197,12 @@ enum Skip {
     Unusable,
 }
 
-type Parsed = (ElfInfo, Option<Placement>, ElfBytes);
+type Parsed = (ElfInfo, Option<Placement>);
 
 /// The image kept for address queries (only when it could be placed).
 fn split(parsed: Option<Parsed>) -> (Option<Arc<Image>>, Option<Placement>) {
     match parsed {
-        Some((info, Some(placement), _)) => {
+        Some((info, Some(placement))) => {
             (Some(Arc::new(Image { info, placement })), Some(placement))
         }
         _ => (None, None),
@@ -216,28 +218,29 @@ fn load_base(placement: Option<Placement>, maps: &[&Mapping]) -> u64 {
     })
 }
 
-/// Reads and parses a binary that must define the C API; `maps` are its
-/// mappings, to place it.
+/// Parses a binary that must define the C API, reading only its headers and
+/// dynamic symbols (more if a lookup needs it); `maps` are its mappings, to
+/// place it.
 fn parse(file: &ElfFile, maps: &[&Mapping]) -> Result<Parsed, Skip> {
-    let bytes = file.read_all().map_err(|_| Skip::Unusable)?;
-    let info = ElfInfo::parse(bytes.as_bytes()).map_err(|_| Skip::Unusable)?;
+    let info = ElfInfo::load(file).map_err(|_| Skip::Unusable)?;
     if !info.defines_c_api() {
         return Err(Skip::NoApi);
     }
     let placement = info.place(maps);
-    Ok((info, placement, bytes))
+    Ok((info, placement))
 }
 
-/// The version recorded inside the binary: `Py_Version`, else the literal.
+/// The version recorded inside the binary: `Py_Version`, else the literal
+/// (only then is .rodata read).
 fn version_in_binary(
     info: &ElfInfo,
-    data: &[u8],
+    data: &FileBytes,
     hint: Option<(u8, u8)>,
 ) -> Option<(PythonVersion, &'static str)> {
     let from_hex = info
         .symbol("Py_Version")
         .filter(|s| s.size == 4 || s.size == 8)
-        .and_then(|s| info.read_uint(data, s.vaddr, s.size))
+        .and_then(|s| info.read_uint_from(data, s.vaddr, s.size))
         .and_then(|v| u32::try_from(v).ok())
         .and_then(PythonVersion::from_hex)
         // Py_Version appeared in 3.11; anything else is not what we think.
@@ -246,18 +249,13 @@ fn version_in_binary(
         return Some((v, "Py_Version"));
     }
     // Without section headers, look through every loaded byte instead.
-    let found = match info.section_data(data, ".rodata") {
-        Some(rodata) => version::find_in_rodata(rodata, hint),
+    let found = match info.section_bytes(data, ".rodata") {
+        Some(rodata) => version::find_in_rodata(&rodata, hint),
         None => info
             .loads
             .iter()
-            .filter_map(|l| {
-                data.get(
-                    usize::try_from(l.offset).ok()?
-                        ..usize::try_from(l.offset.checked_add(l.filesz)?).ok()?,
-                )
-            })
-            .find_map(|bytes| version::find_in_rodata(bytes, hint)),
+            .filter_map(|l| data.get(l.offset, l.filesz))
+            .find_map(|bytes| version::find_in_rodata(&bytes, hint)),
     };
     found.map(|v| (v, "version string"))
 }

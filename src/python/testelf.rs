@@ -6,13 +6,27 @@
 //! 0x000 ELF header, 0x040 program headers, 0x100 .dynstr, 0x200 .dynsym,
 //! 0x400 .rodata, 0x800 .shstrtab, 0x900 section headers, 0x1000 .text,
 //! 0x1080 .PyRuntime; first PT_LOAD `r--` [0, 0xa00), second `r-x`
-//! [0x1000, 0x1100).
+//! [0x1000, 0x1100). With `symtab`, a non-allocated .symtab at 0x1100 and
+//! its .strtab at 0x1200 follow (see [`SYMTAB`]).
 
 pub const ET_EXEC: u16 = 2;
 pub const ET_DYN: u16 = 3;
 pub const RODATA: u64 = 0x400;
 pub const TEXT: u64 = 0x1000;
 pub const PYRUNTIME: u64 = 0x1080;
+/// The .symtab of `Spec::symtab`: (name, value relative to base, st_info,
+/// shndx). Only `_PyOnlyInSymtab` and the first `_PyTwice` should be kept:
+/// a local, an undefined symbol, a non-CPython name, a second definition,
+/// and a name .dynsym already defines are not.
+pub const SYMTAB: [(&str, u64, u8, u16); 7] = [
+    ("Py_LocalThing", TEXT + 0x40, 0x02, 4),
+    ("_PyOnlyInSymtab", PYRUNTIME + 8, 0x11, 7),
+    ("Py_Initialize", TEXT + 0x30, 0x12, 4),
+    ("_PyTwice", TEXT + 0x50, 0x12, 4),
+    ("_PyTwice", TEXT + 0x60, 0x12, 4),
+    ("PyUndef", 0, 0x12, 0),
+    ("main", TEXT + 0x20, 0x12, 4),
+];
 
 pub struct Spec<'a> {
     pub e_type: u16,
@@ -25,6 +39,8 @@ pub struct Spec<'a> {
     pub py_version: Option<u64>,
     /// Strings placed in .rodata after the first 8 bytes.
     pub rodata: &'a [u8],
+    /// Whether to add the .symtab and .strtab of [`SYMTAB`].
+    pub symtab: bool,
 }
 
 impl Default for Spec<'_> {
@@ -35,6 +51,7 @@ impl Default for Spec<'_> {
             defines_api: true,
             py_version: Some(0x030B07F0),
             rodata: b"\0",
+            symtab: false,
         }
     }
 }
@@ -44,7 +61,7 @@ fn put(buf: &mut [u8], at: u64, bytes: &[u8]) {
 }
 
 pub fn build(spec: &Spec) -> Vec<u8> {
-    let mut f = vec![0u8; 0x1100];
+    let mut f = vec![0u8; if spec.symtab { 0x1300 } else { 0x1100 }];
     let b = spec.base;
     // Symbols: (name, value, size, st_info, shndx)
     let (text_ndx, def) = if spec.defines_api {
@@ -75,20 +92,20 @@ pub fn build(spec: &Spec) -> Vec<u8> {
         put(&mut f, RODATA, &v.to_le_bytes());
     }
     put(&mut f, RODATA + 8, spec.rodata);
-    let mut dynstr = vec![0u8];
-    let mut dynsym = vec![0u8; 24];
-    for (name, value, size, info, shndx) in syms {
-        let st_name = dynstr.len() as u32;
-        dynstr.extend_from_slice(name.as_bytes());
-        dynstr.push(0);
-        dynsym.extend_from_slice(&st_name.to_le_bytes());
-        dynsym.extend_from_slice(&[info, 0]);
-        dynsym.extend_from_slice(&shndx.to_le_bytes());
-        dynsym.extend_from_slice(&value.to_le_bytes());
-        dynsym.extend_from_slice(&size.to_le_bytes());
-    }
+    let (dynstr, dynsym) = table(&syms);
     put(&mut f, 0x100, &dynstr);
     put(&mut f, 0x200, &dynsym);
+    let symtab: Vec<_> = SYMTAB
+        .iter()
+        .map(|&(name, value, info, shndx)| {
+            (name, if shndx == 0 { 0 } else { b + value }, 8, info, shndx)
+        })
+        .collect();
+    let (strtab, symtab) = table(&symtab);
+    if spec.symtab {
+        put(&mut f, 0x1100, &symtab);
+        put(&mut f, 0x1200, &strtab);
+    }
     f[TEXT as usize..0x1080].fill(0xc3);
 
     let mut ehdr = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -99,7 +116,8 @@ pub fn build(spec: &Spec) -> Vec<u8> {
     ehdr.extend_from_slice(&0x40u64.to_le_bytes()); // phoff
     ehdr.extend_from_slice(&0x900u64.to_le_bytes()); // shoff
     ehdr.extend_from_slice(&0u32.to_le_bytes());
-    for v in [64u16, 56, 2, 64, 8, 5] {
+    let shnum = if spec.symtab { 10 } else { 8 };
+    for v in [64u16, 56, 2, 64, shnum, 5] {
         ehdr.extend_from_slice(&v.to_le_bytes()); // ehsize phentsize phnum shentsize shnum shstrndx
     }
     put(&mut f, 0, &ehdr);
@@ -116,7 +134,8 @@ pub fn build(spec: &Spec) -> Vec<u8> {
     put(&mut f, 0x40, &phdr(4, 0, 0xa00));
     put(&mut f, 0x40 + 56, &phdr(5, TEXT, 0x100));
 
-    let shstrtab = b"\0.dynstr\0.dynsym\0.rodata\0.text\0.shstrtab\0.data\0.PyRuntime\0";
+    let shstrtab =
+        b"\0.dynstr\0.dynsym\0.rodata\0.text\0.shstrtab\0.data\0.PyRuntime\0.symtab\0.strtab\0";
     put(&mut f, 0x800, shstrtab);
     let name = |s: &str| {
         shstrtab
@@ -127,7 +146,7 @@ pub fn build(spec: &Spec) -> Vec<u8> {
     };
     // (name, type, flags, offset, size, link, info, entsize); ALLOC=2, EXEC=4, WRITE=1
     type Shdr = (u32, u32, u64, u64, u64, u32, u32, u64);
-    let shdrs: [Shdr; 8] = [
+    let shdrs: [Shdr; 10] = [
         (0, 0, 0, 0, 0, 0, 0, 0),
         (name(".dynstr"), 3, 2, 0x100, dynstr.len() as u64, 0, 0, 0),
         (name(".dynsym"), 11, 2, 0x200, dynsym.len() as u64, 1, 1, 24),
@@ -145,8 +164,12 @@ pub fn build(spec: &Spec) -> Vec<u8> {
         ),
         (name(".data"), 8, 3, 0xa00, 0x10, 0, 0, 0), // NOBITS
         (name(".PyRuntime"), 1, 3, PYRUNTIME, 0x40, 0, 0, 0),
+        (name(".symtab"), 2, 0, 0x1100, symtab.len() as u64, 9, 2, 24),
+        (name(".strtab"), 3, 0, 0x1200, strtab.len() as u64, 0, 0, 0),
     ];
-    for (i, (n, t, fl, off, size, link, info, ent)) in shdrs.into_iter().enumerate() {
+    for (i, (n, t, fl, off, size, link, info, ent)) in
+        shdrs.into_iter().take(shnum as usize).enumerate()
+    {
         let mut s = Vec::new();
         s.extend_from_slice(&n.to_le_bytes());
         s.extend_from_slice(&t.to_le_bytes());
@@ -161,4 +184,22 @@ pub fn build(spec: &Spec) -> Vec<u8> {
         put(&mut f, 0x900 + 64 * i as u64, &s);
     }
     f
+}
+
+/// A string table and a symbol table (null symbol first) of `syms`:
+/// (name, value, size, st_info, shndx).
+fn table(syms: &[(&str, u64, u64, u8, u16)]) -> (Vec<u8>, Vec<u8>) {
+    let mut strings = vec![0u8];
+    let mut symbols = vec![0u8; 24];
+    for &(name, value, size, info, shndx) in syms {
+        let st_name = strings.len() as u32;
+        strings.extend_from_slice(name.as_bytes());
+        strings.push(0);
+        symbols.extend_from_slice(&st_name.to_le_bytes());
+        symbols.extend_from_slice(&[info, 0]);
+        symbols.extend_from_slice(&shndx.to_le_bytes());
+        symbols.extend_from_slice(&value.to_le_bytes());
+        symbols.extend_from_slice(&size.to_le_bytes());
+    }
+    (strings, symbols)
 }

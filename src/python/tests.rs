@@ -2,14 +2,27 @@
 //! order, on synthetic binaries. Live interpreters are covered by
 //! tests/python_detect.rs.
 
+use super::elf::ElfBytes;
 use super::testelf::{self, Spec};
 use super::*;
 use crate::process::maps::parse_maps;
 
+/// The version found in memory, checked to be what reading from the file finds.
 fn lookup(spec: &Spec, hint: Option<(u8, u8)>) -> Option<(String, &'static str)> {
-    let bytes = ElfBytes::from_slice(&testelf::build(spec));
+    let built = testelf::build(spec);
+    let bytes = ElfBytes::from_slice(&built);
     let info = ElfInfo::parse(bytes.as_bytes()).unwrap();
-    version_in_binary(&info, bytes.as_bytes(), hint).map(|(v, s)| (v.to_string(), s))
+    let found = version_in_binary(&info, &FileBytes::Memory(bytes.as_bytes()), hint);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("libpython3.11.so.1.0");
+    std::fs::write(&path, &built).unwrap();
+    let file = ElfFile::open(&path).unwrap();
+    let loaded = ElfInfo::load(&file).unwrap();
+    assert_eq!(
+        version_in_binary(&loaded, &FileBytes::File(&file), hint),
+        found
+    );
+    found.map(|(v, s)| (v.to_string(), s))
 }
 
 #[test]

@@ -188,14 +188,14 @@ pub fn hint_from_name(file_name: &str) -> Option<(u8, u8)> {
 pub fn find_in_rodata(data: &[u8], hint: Option<(u8, u8)>) -> Option<PythonVersion> {
     let mut standalone: Vec<PythonVersion> = Vec::new();
     let mut tails: Vec<PythonVersion> = Vec::new();
-    for string in data.split(|&b| b == 0) {
+    literal_candidates(data, |string, at_start| {
         // The longest literal is "3.14.10rc12+" (12 bytes); look no further back.
-        let from = string.len().saturating_sub(12);
+        let from = string.len().saturating_sub(MAX_LITERAL);
         for start in from..string.len() {
-            let boundary = if start == 0 {
-                Some(true)
-            } else {
-                tail_separator(string[start - 1])
+            let boundary = match start {
+                0 if at_start => Some(true),
+                0 => None, // the string goes on before: not a boundary we can see
+                _ => tail_separator(string[start - 1]),
             };
             let Some(whole) = boundary else { continue };
             let Some(v) = parse_literal(&string[start..]) else {
@@ -209,7 +209,7 @@ pub fn find_in_rodata(data: &[u8], hint: Option<(u8, u8)>) -> Option<PythonVersi
             }
             break; // the longest match at a boundary is the literal
         }
-    }
+    });
     if hint.is_none() {
         // The Unicode 3.2 tag would otherwise make every static 3.x ambiguous.
         let ucd = PythonVersion::new(3, 2, 0);
@@ -227,6 +227,61 @@ pub fn find_in_rodata(data: &[u8], hint: Option<(u8, u8)>) -> Option<PythonVersi
     match winners.as_slice() {
         [one] => Some(*one),
         _ => None,
+    }
+}
+
+/// "3.14.10rc12+".
+const MAX_LITERAL: usize = 12;
+
+/// Calls `f` with the NUL-terminated strings of `data` (and its unterminated
+/// tail) that can end in a literal, cut to their last `MAX_LITERAL + 1`
+/// bytes (enough to see the byte before a literal), and whether the cut kept
+/// the string's start. A literal ends in a digit or `+` and has two dots.
+///
+/// Megabytes of .rodata hold few such strings, so the scan tests 64-byte
+/// blocks for a digit or `+` before a NUL without branching (the compiler
+/// vectorises that) and only looks closer at blocks that have one.
+fn literal_candidates(data: &[u8], mut f: impl FnMut(&[u8], bool)) {
+    const BLOCK: usize = 64;
+    fn ends(prev: u8) -> bool {
+        prev.is_ascii_digit() | (prev == b'+')
+    }
+    let mut candidate = |z: usize| {
+        // Binary tables end many "strings" in a digit: the byte before it
+        // must be a digit, '.', or 'a', 'b' or 'c' of "a1", "b2", "rc1", and
+        // a literal has two dots.
+        if z < 2 || !matches!(data[z - 2], b'0'..=b'9' | b'.' | b'a' | b'b' | b'c') {
+            return;
+        }
+        let lo = z.saturating_sub(MAX_LITERAL + 1);
+        let window = &data[lo..z];
+        if window.iter().filter(|&&b| b == b'.').count() < 2 {
+            return;
+        }
+        match window.iter().rposition(|&b| b == 0) {
+            Some(nul) => f(&window[nul + 1..], true),
+            None => f(window, lo == 0),
+        }
+    };
+    let mut lo = 1;
+    while lo < data.len() {
+        let hi = (lo + BLOCK).min(data.len());
+        let (cur, prev) = (&data[lo..hi], &data[lo - 1..hi - 1]);
+        let mut any = false;
+        for (&c, &p) in cur.iter().zip(prev) {
+            any |= (c == 0) & ends(p);
+        }
+        if any {
+            for z in lo..hi {
+                if data[z] == 0 && ends(data[z - 1]) {
+                    candidate(z);
+                }
+            }
+        }
+        lo = hi;
+    }
+    if data.last().is_some_and(|&b| ends(b)) {
+        candidate(data.len());
     }
 }
 
@@ -358,6 +413,91 @@ mod tests {
                 .to_string(),
             "3.14.0rc1"
         );
+    }
+
+    /// The straightforward form of the rule, which `find_in_rodata` must equal.
+    fn reference(data: &[u8], hint: Option<(u8, u8)>) -> Option<PythonVersion> {
+        let (mut standalone, mut tails) = (Vec::new(), Vec::new());
+        for string in data.split(|&b| b == 0) {
+            for start in string.len().saturating_sub(12)..string.len() {
+                let boundary = if start == 0 {
+                    Some(true)
+                } else {
+                    tail_separator(string[start - 1])
+                };
+                let Some(whole) = boundary else { continue };
+                let Some(v) = parse_literal(&string[start..]) else {
+                    continue;
+                };
+                let list = if whole { &mut standalone } else { &mut tails };
+                if v.matches(hint) && !list.contains(&v) {
+                    list.push(v);
+                }
+                break;
+            }
+        }
+        if hint.is_none() {
+            for list in [&mut standalone, &mut tails] {
+                if list.len() > 1 {
+                    list.retain(|v| *v != PythonVersion::new(3, 2, 0));
+                }
+            }
+        }
+        let winners = if standalone.is_empty() {
+            tails
+        } else {
+            standalone
+        };
+        match winners.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+
+    /// Literals at every offset and block edge, in strings of every length.
+    #[test]
+    fn fast_scan_equals_the_plain_rule() {
+        let pieces: [&[u8]; 16] = [
+            b"\0",
+            b"3.13.0a2",
+            b"3.12.0b4",
+            b"3.11.2",
+            b"3.9.18",
+            b"/",
+            b"-",
+            b" ",
+            b"x",
+            b"3.2.0",
+            b"3.14.10rc12+",
+            b"abcdefghijklmnop",
+            b"1",
+            b"+",
+            b".",
+            b"3.11.2+",
+        ];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut found = 0;
+        for round in 0..4000 {
+            let mut data = Vec::new();
+            for _ in 0..next() % 40 {
+                data.extend_from_slice(pieces[next() as usize % pieces.len()]);
+            }
+            if round % 3 == 0 {
+                data.push(0);
+            }
+            for hint in [None, Some((3, 11)), Some((3, 9)), Some((3, 13))] {
+                let want = reference(&data, hint);
+                found += usize::from(want.is_some());
+                assert_eq!(find_in_rodata(&data, hint), want, "{data:?} {hint:?}");
+            }
+        }
+        assert!(found > 1000, "only {found} finds: the data is too dull");
     }
 
     #[test]

@@ -3,10 +3,44 @@
 
 use super::*;
 use crate::process::maps::parse_maps;
-use crate::python::testelf::{self, ET_EXEC, PYRUNTIME, RODATA, Spec, TEXT};
+use crate::python::testelf::{self, ET_EXEC, PYRUNTIME, RODATA, SYMTAB, Spec, TEXT};
 
 fn info(spec: &Spec) -> ElfInfo {
     ElfInfo::parse(ElfBytes::from_slice(&testelf::build(spec)).as_bytes()).unwrap()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> ElfFile {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    ElfFile::open(&path).unwrap()
+}
+
+const NAMES: [&str; 10] = [
+    "Py_Initialize",
+    "PyRun_SimpleString",
+    "_PyRuntime",
+    "Py_Version",
+    "main",
+    "_PyOnlyInSymtab",
+    "_PyTwice",
+    "Py_LocalThing",
+    "PyUndef",
+    "",
+];
+
+/// What `load` (from the file) must share with `parse` (from memory).
+fn assert_same(loaded: &ElfInfo, parsed: &ElfInfo) {
+    assert_eq!(
+        (loaded.kind, loaded.is_64, loaded.little_endian),
+        (parsed.kind, parsed.is_64, parsed.little_endian)
+    );
+    assert_eq!(loaded.loads, parsed.loads);
+    assert_eq!(loaded.sections, parsed.sections);
+    for name in NAMES {
+        assert_eq!(loaded.symbol(name), parsed.symbol(name), "{name}");
+    }
+    assert_eq!(loaded.symbol_count(), parsed.symbol_count());
+    assert_eq!(loaded.defines_c_api(), parsed.defines_c_api());
 }
 
 #[test]
@@ -121,18 +155,46 @@ fn malformed_files_never_panic() {
     let maps = parse_maps(b"7f0000000000-7f0000002000 r-xp 00000000 08:01 9 /x/libpython3.11.so\n");
     let refs: Vec<&Mapping> = maps.iter().collect();
     let parsed = std::cell::Cell::new(0);
+    // Memory-backed if possible, and a new file each time: rewriting one
+    // file on ext4 makes every close wait for the disk.
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let written = std::cell::Cell::new(0);
+    // Reading only parts of the file must give the same verdicts.
     let exercise = |bytes: &[u8]| {
-        if let Ok(info) = ElfInfo::parse(ElfBytes::from_slice(bytes).as_bytes()) {
+        let in_memory = ElfInfo::parse(ElfBytes::from_slice(bytes).as_bytes());
+        written.set(written.get() + 1);
+        let file = write(dir.path(), &written.get().to_string(), bytes);
+        let loaded = ElfInfo::load(&file);
+        assert_eq!(
+            loaded.is_ok(),
+            in_memory.is_ok(),
+            "{loaded:?} {in_memory:?}"
+        );
+        if let (Ok(info), Ok(loaded)) = (in_memory, loaded) {
             parsed.set(parsed.get() + 1);
+            assert_same(&loaded, &info);
             let _ = info.place(&refs);
             if let Some(s) = info.symbol("Py_Version") {
-                let _ = info.read_uint(bytes, s.vaddr, s.size);
+                let value = info.read_uint(bytes, s.vaddr, s.size);
+                let from_file = loaded.read_uint_from(&FileBytes::File(&file), s.vaddr, s.size);
+                assert_eq!(value, from_file);
             }
-            let _ = info.section_data(bytes, ".rodata");
+            let rodata = info.section_data(bytes, ".rodata");
+            let from_file = loaded.section_bytes(&FileBytes::File(&file), ".rodata");
+            assert_eq!(rodata, from_file.as_deref());
         }
     };
     for len in 0..good.len() {
         exercise(&good[..len]);
+    }
+    let with_symtab = testelf::build(&Spec {
+        symtab: true,
+        ..Spec::default()
+    });
+    for len in (0..with_symtab.len()).step_by(7) {
+        exercise(&with_symtab[..len]);
     }
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
@@ -227,4 +289,77 @@ fn refuses_fifos_and_devices_without_blocking() {
         ElfFile::open(&dir.path().join("missing")),
         Err(ElfError::Io { .. })
     ));
+}
+
+/// .symtab adds the globals .dynsym lacks, first definition first; the file
+/// path reads it only on a .dynsym miss, and copes when it has gone.
+#[test]
+fn symtab_globals_fill_in_for_dynsym() {
+    let bytes = testelf::build(&Spec {
+        symtab: true,
+        ..Spec::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "libpython3.11.so.1.0", &bytes);
+    let loaded = ElfInfo::load(&file).unwrap();
+    let parsed = ElfInfo::parse(ElfBytes::from_slice(&bytes).as_bytes()).unwrap();
+    assert_same(&loaded, &parsed);
+    let only = loaded.symbol("_PyOnlyInSymtab").unwrap();
+    assert_eq!(
+        (only.vaddr, only.size, only.dynamic),
+        (PYRUNTIME + 8, 8, false)
+    );
+    assert_eq!(loaded.symbol("_PyTwice").unwrap().vaddr, TEXT + 0x50);
+    let init = loaded.symbol("Py_Initialize").unwrap();
+    assert_eq!((init.vaddr, init.dynamic), (TEXT, true), ".dynsym wins");
+    for absent in ["Py_LocalThing", "PyUndef", "main"] {
+        assert_eq!(loaded.symbol(absent), None, "{absent}");
+    }
+    // 4 in .dynsym, 2 more in .symtab.
+    assert_eq!(loaded.symbol_count(), 6);
+    assert_eq!(SYMTAB.len(), 7);
+
+    // Truncated after loading (before .symtab was needed): .dynsym answers
+    // stay, .symtab ones are simply missing, and reads past the end fail.
+    let copy = write(dir.path(), "copy", &bytes);
+    let loaded = ElfInfo::load(&copy).unwrap();
+    let shrink = std::fs::OpenOptions::new().write(true).open(&copy.path);
+    shrink.unwrap().set_len(0x1100).unwrap();
+    assert!(loaded.defines_c_api());
+    assert_eq!(loaded.symbol("_PyTwice"), None);
+    assert_eq!(loaded.symbol("_PyRuntime").unwrap().vaddr, PYRUNTIME);
+    assert_eq!(FileBytes::File(&copy).get(0x1100, 1), None);
+    assert_eq!(FileBytes::File(&copy).get(0x10ff, 2), None);
+    let text = FileBytes::File(&copy).get(TEXT, 0x80).unwrap();
+    assert!(text.iter().all(|&b| b == 0xc3));
+}
+
+/// The fast search equals the plain one, at every position and block edge.
+#[test]
+fn string_search_equals_the_plain_one() {
+    let plain = |hay: &[u8], name: &[u8]| {
+        let needle = [b"\0", name, b"\0"].concat();
+        hay.windows(needle.len()).any(|w| w == needle)
+    };
+    let pieces: [&[u8]; 6] = [b"\0", b"Py_Initialize", b"P", b"Py_Init", b"x", b"\0\0"];
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut hits = 0;
+    for _ in 0..3000 {
+        let mut hay = Vec::new();
+        for _ in 0..next() % 30 {
+            hay.extend_from_slice(pieces[next() as usize % pieces.len()]);
+        }
+        for name in [&b"Py_Initialize"[..], b"P", b""] {
+            let want = plain(&hay, name);
+            hits += usize::from(want);
+            assert_eq!(has_string(&hay, name), want, "{hay:?} {name:?}");
+        }
+    }
+    assert!(hits > 1000, "{hits}");
 }
