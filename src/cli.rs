@@ -32,6 +32,186 @@ pub enum Command {
     Eval(EvalArgs),
     /// Open an interactive Python shell inside the process (pyrasite-shell's successor).
     Shell(ShellArgs),
+    /// Count live Python objects by type, with sizes (a census of the heap).
+    Types(TypesArgs),
+    /// Take repeated censuses and show which types keep growing.
+    Growth(GrowthArgs),
+    /// Show the garbage collector's state and gc.garbage, and why objects are stuck there.
+    Gc(GcArgs),
+    /// Show why objects are alive: their retainer chains back to a root.
+    Why(WhyArgs),
+    /// Start, snapshot, diff or stop tracemalloc inside the process.
+    Tracemalloc(TracemallocArgs),
+    /// Show the allocators' view (glibc malloc, pymalloc arenas); --probe finds what is reclaimable.
+    Native(NativeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    Size,
+    Count,
+}
+
+#[derive(Debug, Args)]
+pub struct TypesArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Count only objects the garbage collector tracks (faster, no str/int/float...).
+    #[arg(long)]
+    pub gc_only: bool,
+    /// Show this many types (0: all); applies to --json too.
+    #[arg(long, default_value_t = 25)]
+    pub limit: usize,
+    /// Order by total size or by count.
+    #[arg(long, value_enum, default_value_t = SortBy::Size)]
+    pub sort: SortBy,
+    /// Run gc.collect() first, so unreachable cycles are not counted (changes the target's heap).
+    #[arg(long)]
+    pub collect: bool,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GrowthArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Seconds between censuses.
+    #[arg(long, default_value_t = 2.0, value_parser = parse_interval)]
+    pub interval: f64,
+    /// Number of censuses (at least 2).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub samples: u32,
+    /// Run gc.collect() before each census (hides garbage cycles; off by default).
+    #[arg(long)]
+    pub collect: bool,
+    /// Show this many types (0: all); applies to --json too.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Count only gc-tracked objects.
+    #[arg(long)]
+    pub gc_only: bool,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Run gc.collect() and report what it freed.
+    #[arg(long)]
+    pub collect: bool,
+    /// Seconds between the two reads of the counters (what moves shows whether anything collects).
+    #[arg(long, default_value_t = 0.2, value_parser = parse_interval)]
+    pub interval: f64,
+    /// Show this many classes found in gc.garbage.
+    #[arg(long, default_value_t = 25)]
+    pub limit: usize,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphFormat {
+    /// Readable retainer paths, aggregated over the samples.
+    Text,
+    /// The back-reference graph of the sampled paths, in graphviz DOT.
+    Dot,
+    /// That graph drawn as SVG (graphviz `dot` when on PATH, else a built-in layout).
+    Svg,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["type_name", "id"]))]
+#[command(
+    after_help = "SVG uses graphviz's `dot` when it is on PATH, else a built-in layout; \
+set MEMSLEUTH_NO_GRAPHVIZ=1 to always use the built-in one."
+)]
+pub struct WhyArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Objects of this type (`UserSession` or `app.UserSession`).
+    #[arg(long = "type", value_name = "NAME")]
+    pub type_name: Option<String>,
+    /// One object, by its id() / address (decimal or 0x hex).
+    #[arg(long, value_name = "ADDRESS")]
+    pub id: Option<String>,
+    /// How many instances to sample.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub samples: u32,
+    /// Longest retainer chain to follow.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub depth: u32,
+    /// Output: readable paths, a DOT graph, or an SVG picture.
+    #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+    pub format: GraphFormat,
+    /// Write to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Print one JSON document instead of text (with --format dot/svg, the graph is in it).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TracemallocArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    #[command(subcommand)]
+    pub action: TracemallocAction,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TracemallocAction {
+    /// Start tracing allocations (costs CPU and memory in the target until stopped).
+    Start {
+        /// Frames to keep per allocation traceback.
+        #[arg(long, default_value_t = 1)]
+        frames: u32,
+    },
+    /// Take a snapshot and keep it (the last two are kept for diff).
+    Snapshot {
+        /// Do not run gc.collect() first (by default unreachable cycles are collected, as the
+        /// collector would, unless automatic collection is off in the target).
+        #[arg(long)]
+        no_collect: bool,
+    },
+    /// Show the allocation sites that grew most between the last two snapshots.
+    Diff {
+        /// Group by source line or by whole traceback.
+        #[arg(long, value_enum, default_value_t = TraceGroup::Line)]
+        by: TraceGroup,
+        /// Show this many sites.
+        #[arg(long, default_value_t = 15)]
+        limit: usize,
+    },
+    /// Stop tracing and free tracemalloc's memory.
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceGroup {
+    Line,
+    Traceback,
+}
+
+#[derive(Debug, Args)]
+pub struct NativeArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Measure what RSS each step returns: as-is, after gc.collect(), after malloc_trim(0).
+    #[arg(long)]
+    pub probe: bool,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How to attach; shared by every command that runs code in the target.

@@ -15,6 +15,12 @@ fn main() -> ExitCode {
         Command::Exec(args) => commands::exec::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Shell(args) => commands::shell::run(&args),
+        Command::Types(args) => commands::types::run(&args),
+        Command::Growth(args) => commands::growth::run(&args),
+        Command::Gc(args) => commands::gc::run(&args),
+        Command::Why(args) => commands::why::run(&args),
+        Command::Tracemalloc(args) => commands::tracemalloc::run(&args),
+        Command::Native(args) => commands::native::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -30,7 +30,22 @@ macro_rules! snap {
 #[test]
 fn help_texts() {
     snap!("help", render(memsleuth().arg("--help")),);
-    for sub in ["ps", "top", "maps", "shm", "info", "exec", "eval", "shell"] {
+    for sub in [
+        "ps",
+        "top",
+        "maps",
+        "shm",
+        "info",
+        "exec",
+        "eval",
+        "shell",
+        "types",
+        "growth",
+        "gc",
+        "why",
+        "tracemalloc",
+        "native",
+    ] {
         snap!(
             format!("help_{sub}"),
             render(memsleuth().args([sub, "--help"])),

@@ -1,6 +1,11 @@
 //! Pure functions over what was read from a process: no I/O here, so every
 //! rule can be unit-tested on recorded fixtures.
 
+pub mod allocator;
+pub mod census;
 pub mod classify;
+pub mod gcstate;
 pub mod groups;
 pub mod mapdiff;
+pub mod refgraph;
+pub mod tracemalloc;

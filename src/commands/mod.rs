@@ -5,12 +5,18 @@
 
 pub mod eval;
 pub mod exec;
+pub mod gc;
+pub mod growth;
 pub mod info;
 pub mod maps;
+pub mod native;
 pub mod ps;
 pub mod shell;
 pub mod shm;
 pub mod top;
+pub mod tracemalloc;
+pub mod types;
+pub mod why;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -1,5 +1,11 @@
 //! Turning results into text for people and JSON for programs.
 
+pub mod allocator;
+pub mod census;
+pub mod gcstate;
+pub mod graph;
 pub mod maps;
 pub mod table;
+pub mod tracemalloc;
 pub mod units;
+pub mod why;

@@ -31,11 +31,19 @@
     allow(dead_code, unused_imports, unused_variables)
 )]
 
-use std::cell::Cell;
-use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use super::ptrace::{self as pt, PtraceError, Result, WaitStatus};
+
+mod mmap;
+mod signals;
+#[cfg(test)]
+mod tests;
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub use mmap::{remote_mmap, remote_munmap};
+pub use signals::signals_blocked;
+use signals::{SignalBlock, signal_name};
 
 /// Bytes skipped below the thread's stack pointer: the 128-byte red zone
 /// plus slack.
@@ -49,62 +57,6 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub type Regs = libc::user_regs_struct;
-
-thread_local! {
-    static BLOCK_DEPTH: Cell<u32> = const { Cell::new(0) };
-    static OLD_MASK: Cell<Option<libc::sigset_t>> = const { Cell::new(None) };
-}
-
-/// Blocks the signals that would kill memsleuth (Ctrl-C, kill, hangup) in
-/// this thread while a guard lives; nested guards share one mask.
-struct SignalBlock {
-    _not_send: PhantomData<*const ()>,
-}
-
-impl SignalBlock {
-    fn new() -> SignalBlock {
-        BLOCK_DEPTH.with(|d| {
-            if d.get() == 0 {
-                // SAFETY: sigset_t is plain data; the libc calls only
-                // read/write the sets passed.
-                unsafe {
-                    let mut set: libc::sigset_t = std::mem::zeroed();
-                    let mut old: libc::sigset_t = std::mem::zeroed();
-                    libc::sigemptyset(&mut set);
-                    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-                        libc::sigaddset(&mut set, sig);
-                    }
-                    if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) == 0 {
-                        OLD_MASK.with(|m| m.set(Some(old)));
-                    }
-                }
-            }
-            d.set(d.get() + 1);
-        });
-        SignalBlock {
-            _not_send: PhantomData,
-        }
-    }
-}
-
-impl Drop for SignalBlock {
-    fn drop(&mut self) {
-        BLOCK_DEPTH.with(|d| {
-            d.set(d.get().saturating_sub(1));
-            if d.get() == 0
-                && let Some(old) = OLD_MASK.with(|m| m.take())
-            {
-                // SAFETY: restores the mask saved above.
-                unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-            }
-        });
-    }
-}
-
-/// Whether memsleuth currently blocks its terminating signals (for tests).
-pub fn signals_blocked() -> bool {
-    BLOCK_DEPTH.with(|d| d.get() > 0)
-}
 
 const NR_RESTART_SYSCALL: i64 = 219;
 
@@ -634,90 +586,5 @@ impl Tracee {
     }
     pub fn detach(self) -> Result<()> {
         Err(pt::unsupported_arch())
-    }
-}
-
-fn signal_name(sig: i32) -> String {
-    match sig {
-        libc::SIGSTOP => "SIGSTOP".into(),
-        libc::SIGTSTP => "SIGTSTP".into(),
-        libc::SIGTTIN => "SIGTTIN".into(),
-        libc::SIGTTOU => "SIGTTOU".into(),
-        _ => format!("signal {sig}"),
-    }
-}
-
-/// `PROT_READ | PROT_WRITE`, `MAP_PRIVATE | MAP_ANONYMOUS`.
-const MMAP_PROT: u64 = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-const MMAP_FLAGS: u64 = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-
-/// Maps `len` bytes of fresh read-write memory in the target by calling its
-/// libc `mmap` (no locks taken, unlike malloc).
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub fn remote_mmap(t: &mut Tracee, mmap_addr: u64, len: usize, timeout: Duration) -> Result<u64> {
-    let r = t.call(
-        mmap_addr,
-        &[
-            0,
-            len as u64,
-            MMAP_PROT,
-            MMAP_FLAGS,
-            u64::MAX, /* fd -1 */
-            0,
-        ],
-        timeout,
-    )?;
-    // MAP_FAILED is (void *)-1; a raw-syscall style -errno is also refused.
-    if r == u64::MAX || r >= (-4095i64) as u64 || r == 0 || r % 4096 != 0 {
-        return Err(PtraceError::RemoteCallFailed {
-            function: "mmap",
-            detail: format!("returned {:#x}", r),
-        });
-    }
-    Ok(r)
-}
-
-/// Unmaps what [`remote_mmap`] mapped.
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub fn remote_munmap(
-    t: &mut Tracee,
-    munmap_addr: u64,
-    addr: u64,
-    len: usize,
-    timeout: Duration,
-) -> Result<()> {
-    let r = t.call(munmap_addr, &[addr, len as u64], timeout)? as u32 as i32;
-    if r != 0 {
-        return Err(PtraceError::RemoteCallFailed {
-            function: "munmap",
-            detail: format!("returned {r}"),
-        });
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn blocked(sig: i32) -> bool {
-        // SAFETY: sigset_t is plain data; pthread_sigmask only writes `cur`.
-        unsafe {
-            let mut cur: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
-            libc::sigismember(&cur, sig) == 1
-        }
-    }
-
-    #[test]
-    fn signal_block_nests_and_restores() {
-        assert!(!signals_blocked() && !blocked(libc::SIGINT));
-        let a = SignalBlock::new();
-        let b = SignalBlock::new();
-        assert!(signals_blocked() && blocked(libc::SIGINT) && blocked(libc::SIGTERM));
-        drop(a);
-        assert!(blocked(libc::SIGINT), "still one holder");
-        drop(b);
-        assert!(!signals_blocked() && !blocked(libc::SIGINT) && !blocked(libc::SIGQUIT));
     }
 }

@@ -1,0 +1,94 @@
+//! What is sent to the target: the bootstrap (rendered into the single
+//! statement the injector runs) and the agent source.
+
+/// The bootstrap template (see the file for its rules).
+pub const BOOTSTRAP_TEMPLATE: &str = include_str!("../bootstrap.py");
+/// The agent's core: protocol loop, exec/eval/shell ops, cleanup.
+pub const AGENT_CORE: &str = include_str!("../agent.py");
+
+/// Extra ops, each file registering its handlers in `EXTRA_OPS` (see the
+/// end of agent.py); appended to the core to make the agent source.
+pub const AGENT_PLUGINS: &[&str] = &[
+    include_str!("../plugins/census.py"),
+    include_str!("../plugins/gcstate.py"),
+    include_str!("../plugins/refgraph.py"),
+];
+
+/// The agent source sent to the bootstrap in the load frame.
+pub fn agent_source() -> String {
+    let mut src = String::from(AGENT_CORE);
+    for plugin in AGENT_PLUGINS {
+        src.push('\n');
+        src.push_str(plugin);
+    }
+    src
+}
+
+/// A Python string literal for `s` that means the same on 2.7 and 3.x
+/// (ASCII only: anything else is escaped per UTF-8 byte, which is only
+/// right on 2.7, so callers pass ASCII; all our paths and tokens are).
+pub fn py_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'\'' => out.push_str("\\'"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The bootstrap with its parameters filled in, wrapped into the single
+/// statement the injector runs (see bootstrap.py).
+pub fn render_bootstrap(socket_path: &str, token: &str, tool_uid: u32) -> String {
+    render_bootstrap_for(socket_path, token, tool_uid, 0)
+}
+
+/// [`render_bootstrap`] that also runs only in the process whose own pid
+/// (as it sees it: its innermost pid namespace) is `target_pid`; 0: any.
+pub fn render_bootstrap_for(
+    socket_path: &str,
+    token: &str,
+    tool_uid: u32,
+    target_pid: u32,
+) -> String {
+    let subst = [
+        ("'__MEMSLEUTH_PATH__'", py_literal(socket_path)),
+        ("'__MEMSLEUTH_TOKEN__'", format!("b{}", py_literal(token))),
+        ("'__MEMSLEUTH_UID__'", tool_uid.to_string()),
+        ("'__MEMSLEUTH_PID__'", target_pid.to_string()),
+    ];
+    let mut inner = String::with_capacity(BOOTSTRAP_TEMPLATE.len());
+    for line in BOOTSTRAP_TEMPLATE.lines() {
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        // One pass per line, so a value can never be re-substituted.
+        let mut rest = line;
+        'scan: while !rest.is_empty() {
+            for (ph, val) in &subst {
+                if rest.starts_with(ph) {
+                    inner.push_str(val);
+                    rest = &rest[ph.len()..];
+                    continue 'scan;
+                }
+            }
+            let ch = rest.chars().next().unwrap_or(' ');
+            inner.push(ch);
+            rest = &rest[ch.len_utf8()..];
+        }
+        inner.push('\n');
+    }
+    format!(
+        "exec(compile({}, '<memsleuth-bootstrap>', 'exec'), {{'__name__': '_memsleuth_bootstrap'}})\n",
+        py_literal(&inner)
+    )
+}

@@ -1,0 +1,195 @@
+//! `memsleuth types`: a census of the live Python objects, by type.
+//!
+//! One `census` request to the agent (see `src/agent/plugins/census.py`):
+//! it streams arrays of ids, type ids and sizes in chunks (each chunk ends
+//! with a socket write, which releases the GIL); [`CensusBuilder`]
+//! deduplicates and aggregates them as they arrive.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{CmdResult, Out};
+use crate::agent::{Session, SessionError};
+use crate::analysis::census::{AgentStats, Census, CensusBuilder, RowKind};
+use crate::cli::{SortBy, TypesArgs};
+use crate::render::census::{TypesContext, types_view};
+
+/// What to ask the agent for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CensusRequest {
+    pub gc_only: bool,
+    pub collect: bool,
+    /// Keep every object's id per type (growth's new objects), and have
+    /// ints and floats fingerprinted by value.
+    pub keep_ids: bool,
+}
+
+/// Runs one census in the session; returns it and the request's wall time.
+pub fn take_census(session: &mut Session, req: CensusRequest) -> anyhow::Result<(Census, f64)> {
+    let started = Instant::now();
+    let mut builder = CensusBuilder::new(req.keep_ids);
+    let resp = session.request_chunked(
+        "census",
+        json!({"gc_only": req.gc_only, "collect": req.collect, "fingerprint": req.keep_ids}),
+        &mut |frame| {
+            builder
+                .feed(&frame.header, &frame.payload)
+                .map_err(|e| SessionError::BadMessage(e.to_string()))
+        },
+    )?;
+    if !resp.ok {
+        let err = resp.error.unwrap_or_default();
+        anyhow::bail!("the census failed in the target: {err}");
+    }
+    let census = builder.finish(&resp.result)?;
+    Ok((census, started.elapsed().as_secs_f64()))
+}
+
+/// "3.12.1" from the agent's hello.
+pub fn python_version(session: &Session) -> String {
+    let v = &session.hello.version_info;
+    format!("{}.{}.{}", v.major, v.minor, v.micro)
+}
+
+/// VmRSS in bytes, if it can be read.
+pub fn rss(pid: u32) -> Option<u64> {
+    crate::process::Process::open(pid)
+        .ok()?
+        .status()
+        .ok()
+        .map(|s| s.vm_rss)
+}
+
+#[derive(Serialize)]
+struct TypesReport<'a> {
+    schema: u32,
+    pid: u32,
+    python: String,
+    mode: &'static str,
+    collect: bool,
+    attach_s: f64,
+    census_s: f64,
+    /// Time the session made the target spend in our Python code.
+    gil_s: f64,
+    /// The longest the census held the GIL without a break.
+    max_gil_hold_s: f64,
+    rss_bytes: Option<u64>,
+    total: Totals,
+    types_total: usize,
+    types: Vec<TypeJson<'a>>,
+    agent: &'a AgentStats,
+}
+
+#[derive(Serialize)]
+struct Totals {
+    count: u64,
+    size: u64,
+    tracked: u64,
+    untracked: u64,
+}
+
+#[derive(Serialize)]
+struct TypeJson<'a> {
+    name: &'a str,
+    kind: RowKind,
+    module: Option<&'a str>,
+    qualname: &'a str,
+    count: u64,
+    tracked: u64,
+    size: u64,
+    count_share: f64,
+    size_share: f64,
+    classes: u64,
+}
+
+struct Taken {
+    census: Census,
+    census_s: f64,
+    attach_s: f64,
+    gil_s: f64,
+    python: String,
+    rss: Option<u64>,
+}
+
+pub fn run(args: &TypesArgs) -> CmdResult {
+    let pid = args.attach.pid;
+    let req = CensusRequest {
+        gc_only: args.gc_only,
+        collect: args.collect,
+        keep_ids: false,
+    };
+    let taken = super::with_session(&args.attach, |attached| {
+        let (census, census_s) = take_census(&mut attached.session, req)?;
+        Ok(Taken {
+            census,
+            census_s,
+            attach_s: attached.attach_s,
+            gil_s: attached.session.gil_total_s,
+            python: python_version(&attached.session),
+            rss: rss(pid),
+        })
+    })?;
+    let c = &taken.census;
+    let by_count = args.sort == SortBy::Count;
+    let mut out = Out::new();
+    if args.json {
+        let rows = c.sorted_rows(by_count);
+        let shown = if args.limit == 0 {
+            rows.len()
+        } else {
+            args.limit.min(rows.len())
+        };
+        let share = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let report = TypesReport {
+            schema: 1,
+            pid,
+            python: taken.python.clone(),
+            mode: if c.gc_only { "gc_only" } else { "complete" },
+            collect: args.collect,
+            attach_s: taken.attach_s,
+            census_s: taken.census_s,
+            gil_s: taken.gil_s,
+            max_gil_hold_s: c.stats.max_hold_s,
+            rss_bytes: taken.rss,
+            total: Totals {
+                count: c.count,
+                size: c.size,
+                tracked: c.tracked,
+                untracked: c.untracked,
+            },
+            types_total: rows.len(),
+            types: rows[..shown]
+                .iter()
+                .map(|r| TypeJson {
+                    name: &r.name,
+                    kind: r.kind,
+                    module: r.module.as_deref(),
+                    qualname: &r.qualname,
+                    count: r.count,
+                    tracked: r.tracked,
+                    size: r.size,
+                    count_share: share(r.count, c.count),
+                    size_share: share(r.size, c.size),
+                    classes: r.classes,
+                })
+                .collect(),
+            agent: &c.stats,
+        };
+        out.json(&report, false)?;
+    } else {
+        let ctx = TypesContext {
+            pid,
+            python: taken.python.clone(),
+            rss: taken.rss,
+            limit: args.limit,
+            by_count,
+            census_s: taken.census_s,
+        };
+        out.text(&types_view(c, &ctx))?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
