@@ -4,25 +4,10 @@
 
 mod common;
 
-use common::{Interpreter, for_each_interpreter, memsleuth, spawn_target};
+use common::{Interpreter, Run, for_each_interpreter, memsleuth, run, spawn_target};
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut Command) -> Run {
-    let out = cmd.output().expect("run memsleuth");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn exec_json(pid: u32, code: &str, extra: &[&str]) -> (Run, Option<Value>) {
     let r = run(memsleuth()

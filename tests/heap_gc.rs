@@ -6,26 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Interpreter, Target, for_each_interpreter, memsleuth, spawn_target};
+use common::{Interpreter, Target, for_each_interpreter, memsleuth, run, spawn_target};
 use serde_json::Value;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut Command) -> Run {
-    let out = cmd.output().expect("run memsleuth");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// Runs `memsleuth <args> --json` and parses the document; panics with
 /// context on failure.

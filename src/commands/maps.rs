@@ -29,7 +29,7 @@ pub fn run(args: &MapsArgs) -> CmdResult {
             out.text(&render::grouped(
                 &header,
                 &view.groups,
-                &view.totals.as_render(),
+                &view.totals,
                 args.all,
             ))?;
         }
@@ -48,38 +48,20 @@ pub struct GroupedMaps {
     pub repeated: Vec<Repeated>,
 }
 
-#[derive(Debug, Default, Serialize)]
-pub struct Totals {
-    pub mappings: usize,
-    pub size: u64,
-    pub rss: u64,
-    pub pss: u64,
-    pub swap: u64,
-}
+pub use crate::render::maps::Totals;
 
-impl Totals {
-    fn of(maps: &[Mapping]) -> Totals {
-        let mut sum = MemStats::default();
-        for m in maps {
-            sum.add(&m.stats);
-        }
-        Totals {
-            mappings: maps.len(),
-            size: sum.size,
-            rss: sum.rss,
-            pss: sum.pss,
-            swap: sum.swap,
-        }
+/// Sums of the smaps figures over all mappings.
+fn totals_of(maps: &[Mapping]) -> Totals {
+    let mut sum = MemStats::default();
+    for m in maps {
+        sum.add(&m.stats);
     }
-
-    fn as_render(&self) -> render::Totals {
-        render::Totals {
-            mappings: self.mappings,
-            size: self.size,
-            rss: self.rss,
-            pss: self.pss,
-            swap: self.swap,
-        }
+    Totals {
+        mappings: maps.len(),
+        size: sum.size,
+        rss: sum.rss,
+        pss: sum.pss,
+        swap: sum.swap,
     }
 }
 
@@ -115,7 +97,7 @@ pub fn grouped_view(pid: u32, maps: &[Mapping], segments: &[sysvipc::Segment]) -
     GroupedMaps {
         schema: 1,
         pid,
-        totals: Totals::of(maps),
+        totals: totals_of(maps),
         groups,
         repeated,
     }

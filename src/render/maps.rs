@@ -10,6 +10,8 @@ use crate::render::units::{bytes_delta_short, bytes_short, delta};
 /// Groups shown by default; repeated mappings are always shown.
 pub const DEFAULT_LIMIT: usize = 30;
 
+/// Sums over all mappings (also the `totals` of `maps --json`).
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Totals {
     pub mappings: usize,
     pub size: u64,

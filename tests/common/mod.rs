@@ -371,6 +371,23 @@ fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// What a finished command printed, and its exit code (-1: killed by a signal).
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a command to completion and keeps its output as text.
+pub fn run(cmd: &mut Command) -> Run {
+    let out = cmd.output().expect("run memsleuth");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// `memsleuth` binary under test.
 pub fn memsleuth() -> Command {
     Command::new(env!("CARGO_BIN_EXE_memsleuth"))
