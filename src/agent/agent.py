@@ -396,6 +396,7 @@ class _Agent(object):
             'compile_check': self.op_compile_check,
             'ping': self.op_ping,
             'detach': self.op_detach,
+            'load_plugin': self.op_load_plugin,
         }
         # Ops from the plugin sources appended after this file: each is
         # fn(agent, request) -> result, and may call agent.send_chunk.
@@ -411,6 +412,9 @@ class _Agent(object):
             rid = header.get('id', 0)
             op = header.get('op')
             handler = ops.get(op)
+            if handler is None and op in EXTRA_OPS:
+                # Registered by a plugin loaded during this session.
+                handler = (lambda req, fn=EXTRA_OPS[op]: fn(self, req))
             try:
                 if handler is None:
                     raise _AgentError('unknown op %r' % (op,))
@@ -689,6 +693,16 @@ class _Agent(object):
         except (SyntaxError, OverflowError, ValueError):
             return {'status': 'error', 'error': self.error_info(sys.exc_info())}
         return {'status': 'complete' if code is not None else 'incomplete', 'error': None}
+
+    def op_load_plugin(self, req):
+        """Runs a plugin's source in the agent's own namespace; it registers
+        its ops in EXTRA_OPS. Sent by the tool before a plugin op's first use."""
+        src = req.get('source')
+        if not isinstance(src, type(u'')) and not isinstance(src, str):
+            raise _AgentError('load_plugin needs a source string')
+        code = compile(src, AGENT_FILE, 'exec')
+        exec(code, globals())
+        return {'loaded': True}
 
     def op_ping(self, req):
         return {'time': time.time()}

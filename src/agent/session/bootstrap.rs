@@ -7,21 +7,29 @@ pub const BOOTSTRAP_TEMPLATE: &str = include_str!("../bootstrap.py");
 pub const AGENT_CORE: &str = include_str!("../agent.py");
 
 /// Extra ops, each file registering its handlers in `EXTRA_OPS` (see the
-/// end of agent.py); appended to the core to make the agent source.
+/// end of agent.py). They are not part of the agent's start-up source:
+/// compiling ~100 KB of Python in the target would slow every attach. A
+/// session loads a plugin the first time one of its ops is asked for (see
+/// [`plugin_for_op`]).
 pub const AGENT_PLUGINS: &[&str] = &[
     include_str!("../plugins/census.py"),
     include_str!("../plugins/gcstate.py"),
     include_str!("../plugins/refgraph.py"),
 ];
 
-/// The agent source sent to the bootstrap in the load frame.
+/// The agent source sent to the bootstrap in the load frame (the core only).
 pub fn agent_source() -> String {
-    let mut src = String::from(AGENT_CORE);
-    for plugin in AGENT_PLUGINS {
-        src.push('\n');
-        src.push_str(plugin);
-    }
-    src
+    String::from(AGENT_CORE)
+}
+
+/// The plugin (index into [`AGENT_PLUGINS`], source) that registers `op`.
+pub fn plugin_for_op(op: &str) -> Option<(usize, &'static str)> {
+    let needles = [format!("EXTRA_OPS['{op}']"), format!("EXTRA_OPS[\"{op}\"]")];
+    AGENT_PLUGINS
+        .iter()
+        .enumerate()
+        .find(|(_, src)| needles.iter().any(|n| src.contains(n.as_str())))
+        .map(|(i, src)| (i, *src))
 }
 
 /// A Python string literal for `s` that means the same on 2.7 and 3.x

@@ -100,6 +100,8 @@ pub struct Session {
     /// Sum of `gil_s` over every answer so far: the time this session made
     /// the target spend in our Python code (a proxy for GIL hold time).
     pub gil_total_s: f64,
+    /// Bit i: plugin i of `AGENT_PLUGINS` is loaded in the agent.
+    plugins_loaded: u64,
     stream: UnixStream,
     next_id: u64,
     timeout: Option<Duration>,
@@ -176,6 +178,19 @@ impl Session {
     ) -> Result<Response> {
         if let Some(why) = &self.broken {
             return Err(SessionError::Broken(why.clone()));
+        }
+        if let Some((index, source)) = bootstrap::plugin_for_op(op)
+            && self.plugins_loaded & (1 << index) == 0
+        {
+            let resp =
+                self.request_chunked("load_plugin", json!({"source": source}), &mut |_| Ok(()))?;
+            if !resp.ok {
+                return Err(SessionError::Remote {
+                    op: op.to_string(),
+                    error: resp.error.unwrap_or_default(),
+                });
+            }
+            self.plugins_loaded |= 1 << index;
         }
         let mut header = match params {
             Value::Object(m) => m,
