@@ -320,6 +320,12 @@ impl ElfInfo {
         self.symbols.get(name)
     }
 
+    /// An exported (.dynsym) `Py*`/`_Py*` symbol; never reads .symtab, which
+    /// on a debug-info build is tens of MB.
+    pub fn exported_symbol(&self, name: &str) -> Option<Symbol> {
+        self.symbols.get_exported(name)
+    }
+
     /// How many `Py*`/`_Py*` names are defined (this reads .symtab).
     pub fn symbol_count(&self) -> usize {
         self.symbols.count()

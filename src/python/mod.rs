@@ -80,6 +80,16 @@ impl PythonProcess {
             .map(|s| image.placement.runtime(s.vaddr))
     }
 
+    /// Like [`symbol_address`](Self::symbol_address) for exported symbols
+    /// only: cheap even when the name is absent (no .symtab read).
+    pub fn exported_symbol_address(&self, name: &str) -> Option<u64> {
+        let image = self.image.as_ref()?;
+        image
+            .info
+            .exported_symbol(name)
+            .map(|s| image.placement.runtime(s.vaddr))
+    }
+
     /// The run-time address and size of an allocated section, e.g. `.PyRuntime`.
     pub fn section_address(&self, name: &str) -> Option<(u64, u64)> {
         let image = self.image.as_ref()?;

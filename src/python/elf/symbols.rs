@@ -138,6 +138,11 @@ impl Symbols {
         self.dynamic.get(name).or_else(|| self.regular().get(name))
     }
 
+    /// Only what .dynsym exports (never reads .symtab).
+    pub fn get_exported(&self, name: &str) -> Option<Symbol> {
+        self.dynamic.get(name)
+    }
+
     /// How many distinct names both tables define.
     pub fn count(&self) -> usize {
         let regular = self.regular();
