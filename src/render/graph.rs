@@ -63,28 +63,9 @@ pub enum Engine {
 /// One label line made printable: control characters (and U+FFFE/U+FFFF,
 /// not allowed in XML) shown as escapes, capped to [`LABEL_CAP`] chars.
 fn label_line(s: &str) -> String {
-    let mut out = String::new();
-    for (n, c) in s.chars().enumerate() {
-        if n >= LABEL_CAP {
-            out.push('…');
-            break;
-        }
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() || c == '\u{fffe}' || c == '\u{ffff}' => {
-                let v = c as u32;
-                if v <= 0xff {
-                    out.push_str(&format!("\\x{v:02x}"));
-                } else {
-                    out.push_str(&format!("\\u{v:04x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out
+    crate::analysis::refgraph::explain::escape_controls(s, LABEL_CAP, |c| {
+        c == '\u{fffe}' || c == '\u{ffff}'
+    })
 }
 
 /// Escapes one label line for a DOT double-quoted string: backslash and

@@ -13,7 +13,7 @@ use super::{PathStatus, RetainerPath, RootKind};
 
 pub use super::aggregate::{Group, aggregate};
 pub use super::labels::{
-    EdgeKind, Labels, LabelsAnswer, NodeInfo, RootRecord, TEXT_CAP, clean, wanted,
+    EdgeKind, Labels, LabelsAnswer, NodeInfo, RootRecord, TEXT_CAP, clean, escape_controls, wanted,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

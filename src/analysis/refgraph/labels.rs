@@ -29,6 +29,12 @@ fn invisible(c: char) -> bool {
 /// `s` made safe to print: control characters (and the Unicode line/bidi
 /// controls) become visible escapes, and it is cut to `max` chars.
 pub fn clean(s: &str, max: usize) -> String {
+    escape_controls(s, max, invisible)
+}
+
+/// `s` cut to `max` chars with newlines, tabs, control characters and the
+/// characters `also` picks shown as escapes (`\n`, `\x1b`, `\u202e`).
+pub fn escape_controls(s: &str, max: usize, also: impl Fn(char) -> bool) -> String {
     let mut out = String::with_capacity(s.len().min(max * 4));
     for (n, c) in s.chars().enumerate() {
         if n >= max {
@@ -39,7 +45,7 @@ pub fn clean(s: &str, max: usize) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() || invisible(c) => {
+            c if c.is_control() || also(c) => {
                 let v = c as u32;
                 if v <= 0xff {
                     out.push_str(&format!("\\x{v:02x}"));

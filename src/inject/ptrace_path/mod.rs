@@ -184,22 +184,7 @@ fn inject_x86(
     for t in ctx.direct_candidates(&list) {
         match ctx.try_direct_or_skip(&t, req.code, None)? {
             Direct::Ran(page) => {
-                let wait = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_secs(1));
-                return if connected(wait) {
-                    Ok(PtraceOutcome {
-                        method: PtraceMethod::Direct { tid: t.tid },
-                        leftover_page: None,
-                        stale_pending_page: None,
-                        scratch_page: page,
-                    })
-                } else {
-                    Err(PtraceError::NoSideEffect {
-                        tid: t.tid,
-                        after: wait,
-                    })
-                };
+                return direct_outcome(connected, deadline, t.tid, page, None);
             }
             Direct::Ineligible(why) => {
                 trace(format_args!("direct: thread {} not used: {why}", t.tid));
@@ -283,22 +268,7 @@ fn inject_x86(
                     // The queued call still points at the page: blank the
                     // code so it runs nothing, and keep the page mapped.
                     let _ = super::ptrace::write_mem(ctx.pid, page.0, &[0]);
-                    let wait = deadline
-                        .saturating_duration_since(Instant::now())
-                        .max(Duration::from_secs(1));
-                    return if connected(wait) {
-                        Ok(PtraceOutcome {
-                            method: PtraceMethod::Direct { tid: t.tid },
-                            leftover_page: None,
-                            stale_pending_page: Some(page),
-                            scratch_page: page,
-                        })
-                    } else {
-                        Err(PtraceError::NoSideEffect {
-                            tid: t.tid,
-                            after: wait,
-                        })
-                    };
+                    return direct_outcome(connected, deadline, t.tid, page, Some(page));
                 }
                 Direct::Ineligible(why) => {
                     trace(format_args!("direct: thread {} not used: {why}", t.tid));
@@ -322,6 +292,31 @@ fn inject_x86(
         after: start.elapsed(),
         pending_page: Some(page),
     })
+}
+
+/// After a direct call ran: wait for its side effect (at least 1 s) and
+/// say how the code got in. `stale` is a pending call's page that must stay
+/// mapped because the queued call still points at it.
+fn direct_outcome(
+    connected: &mut dyn FnMut(Duration) -> bool,
+    deadline: Instant,
+    tid: u32,
+    page: (u64, usize),
+    stale: Option<(u64, usize)>,
+) -> Result<PtraceOutcome> {
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    if connected(wait) {
+        Ok(PtraceOutcome {
+            method: PtraceMethod::Direct { tid },
+            leftover_page: None,
+            stale_pending_page: stale,
+            scratch_page: page,
+        })
+    } else {
+        Err(PtraceError::NoSideEffect { tid, after: wait })
+    }
 }
 
 /// The outcome when the pending call ran (its page stays to be unmapped).
