@@ -226,10 +226,6 @@ pub fn native(r: &NativeReport) -> String {
             "  ",
         ));
     }
-    out.push_str(&format!(
-        "\n(attach {:.2} s; the target ran our code for {})\n",
-        r.attach_s,
-        secs(r.gil_s)
-    ));
+    out.push_str(&super::gcstate::session_footer(r.attach_s, r.gil_s));
     out
 }

@@ -56,6 +56,15 @@ fn slashed(v: &[i64]) -> String {
         .join(" / ")
 }
 
+/// The closing line of every attaching command: how long the attach took
+/// and how long the target ran our Python (the GIL time we cost it).
+pub fn session_footer(attach_s: f64, gil_s: f64) -> String {
+    format!(
+        "\n(attach {attach_s:.2} s; the target ran our code for {})\n",
+        secs(gil_s)
+    )
+}
+
 pub fn secs(s: f64) -> String {
     if s < 0.001 {
         format!("{:.0} µs", s * 1e6)
@@ -254,11 +263,7 @@ pub fn gc(r: &GcReport) -> String {
             "  ",
         ));
     }
-    out.push_str(&format!(
-        "\n(attach {:.2} s; the target ran our code for {})\n",
-        r.attach_s,
-        secs(r.gil_s)
-    ));
+    out.push_str(&session_footer(r.attach_s, r.gil_s));
     out
 }
 

@@ -168,10 +168,7 @@ pub fn report(r: &TmReport) -> String {
         }
     }
     if let (Some(a), Some(g)) = (r.attach_s, r.gil_s) {
-        out.push_str(&format!(
-            "\n(attach {a:.2} s; the target ran our code for {})\n",
-            secs(g)
-        ));
+        out.push_str(&super::gcstate::session_footer(a, g));
     }
     out
 }
