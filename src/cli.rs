@@ -16,6 +16,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Watch a process and say why its memory grows: verdict, evidence, next command.
+    Doctor(DoctorArgs),
+    /// Run doctor on a bundled leaky Python service (starts it, diagnoses it, cleans up).
+    Demo(DemoArgs),
     /// List running Python processes with their version, build and memory.
     Ps(PsArgs),
     /// Watch a process's memory counters live, with deltas and rates since start.
@@ -44,6 +48,44 @@ pub enum Command {
     Tracemalloc(TracemallocArgs),
     /// Show the allocators' view (glibc malloc, pymalloc arenas); --probe finds what is reclaimable.
     Native(NativeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Exit status: 0 no leak, 3 leak, 4 inconclusive, 1 error, 2 usage.")]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// How long to watch (`20s`, `90s`, `2m`, `500ms`).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub duration: f64,
+    /// Print one JSON document (schema: docs/doctor.schema.json) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write a self-contained HTML report (charts, findings, retainer graph) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
+    /// Allow one gc.collect() at the end to see what it frees (changes the target's heap).
+    #[arg(long)]
+    pub allow_collect: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Which leak to demonstrate.
+    #[arg(long, value_enum, default_value_t = crate::demo::Scenario::SysvShm)]
+    pub scenario: crate::demo::Scenario,
+    /// The Python to run it with (default: python3 from PATH).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<std::path::PathBuf>,
+    /// How long doctor watches.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: f64,
+    /// Print doctor's JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write doctor's HTML report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -325,6 +367,31 @@ pub struct ShmArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// "20s", "2m", "500ms", "20" (seconds) → seconds, 1 s to 24 h.
+pub fn parse_duration(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 20s, 2m, 500ms)"))?;
+    let secs = v * mul;
+    if !(1.0..=86400.0).contains(&secs) {
+        return Err("must be between 1 second and 24 hours".into());
+    }
+    Ok(secs)
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {

@@ -20,6 +20,7 @@ pub mod agent;
 pub mod analysis;
 pub mod cli;
 pub mod commands;
+pub mod demo;
 pub mod inject;
 pub mod process;
 pub mod python;

@@ -7,6 +7,8 @@ use memsleuth::commands;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Doctor(args) => commands::doctor::run(&args),
+        Command::Demo(args) => commands::demo::run(&args),
         Command::Ps(args) => commands::ps::run(&args),
         Command::Top(args) => commands::top::run(&args),
         Command::Maps(args) => commands::maps::run(&args),

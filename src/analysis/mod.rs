@@ -4,6 +4,7 @@
 pub mod allocator;
 pub mod census;
 pub mod classify;
+pub mod doctor;
 pub mod gcstate;
 pub mod groups;
 pub mod mapdiff;

@@ -70,7 +70,7 @@ struct Taken {
 }
 
 /// Asks the agent for short reprs of the given (id, acceptable type ids).
-fn reprs(
+pub(crate) fn reprs(
     session: &mut Session,
     wanted: &[(u64, Vec<u64>)],
     gc_only: bool,

@@ -3,6 +3,8 @@
 //! Commands write through [`Out`] so that a closed pipe ends the command
 //! quietly instead of panicking inside `println!`.
 
+pub mod demo;
+pub mod doctor;
 pub mod eval;
 pub mod exec;
 pub mod gc;

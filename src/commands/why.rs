@@ -65,8 +65,13 @@ pub fn parse_address(s: &str) -> anyhow::Result<u64> {
 
 pub fn run(args: &WhyArgs) -> CmdResult {
     let object_id = args.id.as_deref().map(parse_address).transpose()?;
-    let mut report =
-        super::with_session(&args.attach, |attached| collect(attached, args, object_id))?;
+    let query = WhyQuery {
+        type_name: args.type_name.clone(),
+        id: object_id,
+        samples: args.samples as usize,
+        depth: args.depth as usize,
+    };
+    let mut report = super::with_session(&args.attach, |attached| collect(attached, &query))?;
     let found = !report.paths.is_empty();
     let mut body = String::new();
     let mut note = None;
@@ -144,18 +149,26 @@ fn remote(op: &str, resp: &crate::agent::Response) -> anyhow::Error {
     anyhow::anyhow!("`{op}` failed in the target: {e}")
 }
 
-fn collect(
-    attached: &mut Attached,
-    args: &WhyArgs,
-    object_id: Option<u64>,
-) -> anyhow::Result<WhyReport> {
-    let samples = args.samples as usize;
-    let depth = args.depth as usize;
+/// What to explain: instances of a type (sampled) or one object.
+#[derive(Debug, Clone)]
+pub(crate) struct WhyQuery {
+    pub type_name: Option<String>,
+    pub id: Option<u64>,
+    pub samples: usize,
+    pub depth: usize,
+}
+
+/// Runs the graph walk and label lookups in the session and explains the
+/// sampled paths (used by `why` and `doctor`).
+pub(crate) fn collect(attached: &mut Attached, q: &WhyQuery) -> anyhow::Result<WhyReport> {
+    let samples = q.samples;
+    let depth = q.depth;
+    let object_id = q.id;
     let t_collect = Instant::now();
     let mut builder = GraphBuilder::new();
     let mut chunk_error: Option<GraphError> = None;
     let params = json!({
-        "type": args.type_name,
+        "type": q.type_name,
         "object_id": object_id,
         "samples": samples,
         "seed": 0,
@@ -264,7 +277,7 @@ fn collect(
         schema: 1,
         pid: attached.pid,
         query: Query {
-            type_name: args.type_name.clone(),
+            type_name: q.type_name.clone(),
             id: object_id,
             samples,
             depth,

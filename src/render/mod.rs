@@ -2,8 +2,10 @@
 
 pub mod allocator;
 pub mod census;
+pub mod doctor;
 pub mod gcstate;
 pub mod graph;
+pub mod html;
 pub mod maps;
 pub mod table;
 pub mod tracemalloc;

@@ -103,7 +103,7 @@ fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
 }
 
 /// The sentence heading a group.
-fn group_sentence(r: &WhyReport, g: &Group) -> String {
+pub fn group_sentence(r: &WhyReport, g: &Group) -> String {
     let what = if r.query.id.is_some() {
         let id = r.query.id.unwrap_or(0);
         format!("{} at {id:#x}", r.subject())

@@ -1,0 +1,1 @@
+//! Unit tests of the doctor rules on hand-made observations.

@@ -1,0 +1,455 @@
+//! The watching: a /proc sampler thread (several samples a second, never
+//! touching the interpreter) and, on the main thread, one agent session
+//! that takes a few censuses, reads gc, lists threads, and at the end asks
+//! for the allocators' figures and the retainer paths of the top grower.
+//!
+//! The GIL budget: everything the session makes the target run stays below
+//! [`GIL_SHARE`] of the observation. The first census is measured; the
+//! number of later ones (and whether they are complete or gc-only, and
+//! whether `why` runs) follows from what is left.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::progress::Progress;
+use crate::agent::Session;
+use crate::analysis::census::{Census, growth_rows, new_ids};
+use crate::analysis::classify;
+use crate::analysis::doctor::{
+    AllocatorState, Observation, PythonSide, Skipped, ThreadInfo, why_candidate,
+};
+use crate::analysis::gcstate::{CollectRaw, GcBasics, GcStateRaw};
+use crate::commands::gc::call;
+use crate::commands::growth::reprs;
+use crate::commands::types::{CensusRequest, take_census};
+use crate::commands::why::{WhyQuery, collect as why_collect};
+use crate::inject::attach::Attached;
+use crate::process::Process;
+use crate::process::sample::{Sample, Want};
+
+/// Most of the observation the target may spend in our code.
+pub const GIL_SHARE: f64 = 0.02;
+/// /proc sample period.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// Censuses wanted (the first included) when the budget allows.
+const MAX_CENSUSES: usize = 5;
+/// gc counters read this often between censuses.
+const GC_EVERY: f64 = 2.0;
+/// Reprs of new objects: types, per type.
+const REPR_TYPES: usize = 3;
+const REPRS_PER_TYPE: usize = 3;
+const WHY_SAMPLES: usize = 10;
+const WHY_DEPTH: usize = 30;
+
+pub struct Settings {
+    pub duration: f64,
+    pub allow_collect: bool,
+    pub progress: bool,
+}
+
+/// What the report needs besides the observation.
+#[derive(Default)]
+pub struct Extras {
+    pub version: Option<String>,
+    pub method: Option<String>,
+    pub attach_s: f64,
+    pub gil_s: f64,
+    pub census_mode: &'static str,
+    pub census_max_hold_s: f64,
+    pub collect: Option<CollectRaw>,
+    pub why: Option<crate::render::why::WhyReport>,
+}
+
+/// Thread names from /proc (for thread findings without the agent).
+fn comm_names(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .take(100_000)
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+/// Open fds by target, most common first ("pipe", "socket" collapsed).
+fn fd_targets(proc: &Process) -> Vec<(String, u64)> {
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for (_, t) in crate::process::fds::list(proc).unwrap_or_default() {
+        let key = if t.starts_with("pipe:") {
+            "pipe".to_string()
+        } else if t.starts_with("socket:") {
+            "socket".to_string()
+        } else {
+            t.chars().take(300).collect()
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    let mut v: Vec<(String, u64)> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(20);
+    v
+}
+
+/// The sampler: runs until `stop`, pushing samples and drawing progress.
+fn sampler(
+    proc: Process,
+    t0: Instant,
+    end: Instant,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+    mut progress: Progress,
+) {
+    let want = Want {
+        rollup: true,
+        maps: true,
+        fd_kinds: true,
+    };
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= next {
+            match Sample::collect(&proc, t0, want) {
+                Ok(s) => {
+                    let rss = s.status.vm_rss;
+                    if let Ok(mut v) = samples.lock() {
+                        v.push(s);
+                    }
+                    progress.draw(now.saturating_duration_since(t0), rss);
+                }
+                Err(_) => break, // the process is gone
+            }
+            next += SAMPLE_EVERY;
+            if now >= end {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20).min(next.saturating_duration_since(now)));
+    }
+    progress.clear();
+}
+
+fn wait_until(at: Instant) {
+    if let Some(d) = at.checked_duration_since(Instant::now()) {
+        std::thread::sleep(d);
+    }
+}
+
+pub fn observe(
+    pid: u32,
+    attach: &crate::cli::AttachArgs,
+    settings: &Settings,
+) -> anyhow::Result<(Observation, Extras)> {
+    let proc = crate::commands::open(pid)?;
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(settings.duration);
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let censuses_done = Arc::new(AtomicUsize::new(0));
+    let progress = Progress::new(
+        settings.progress,
+        settings.duration,
+        Arc::clone(&censuses_done),
+    );
+    let comm_first = comm_names(pid);
+    let handle = {
+        let (samples, stop) = (Arc::clone(&samples), Arc::clone(&stop));
+        let proc = Process::unchecked(pid);
+        std::thread::Builder::new()
+            .name("memsleuth-sampler".into())
+            .spawn(move || sampler(proc, t0, end, samples, stop, progress))?
+    };
+
+    let mut obs = Observation {
+        pid,
+        ..Default::default()
+    };
+    let mut extras = Extras {
+        census_mode: "complete",
+        ..Default::default()
+    };
+    match crate::inject::attach::attach(pid, &attach.options()) {
+        Ok(mut attached) => {
+            let watched = watch(
+                &mut attached,
+                &proc,
+                t0,
+                end,
+                settings,
+                &samples,
+                &censuses_done,
+                &mut obs,
+                &mut extras,
+            );
+            extras.gil_s = attached.session.gil_total_s;
+            let detached = attached.detach();
+            if let Err(e) = watched {
+                obs.skipped.push(Skipped {
+                    part: "python heap".into(),
+                    reason: format!(
+                        "the session failed part-way: {}",
+                        crate::commands::error_sentence(&e)
+                    ),
+                });
+            }
+            if let Err(e) = detached {
+                obs.skipped.push(Skipped {
+                    part: "detach".into(),
+                    reason: format!("detaching failed: {e}"),
+                });
+            }
+        }
+        Err(e) => {
+            obs.skipped.push(Skipped {
+                part: "python heap (censuses, gc, threads, allocators)".into(),
+                reason: crate::commands::error_sentence(&e.into()),
+            });
+        }
+    }
+    // The /proc side runs to the end whatever happened to the session.
+    while Instant::now() < end + SAMPLE_EVERY && !handle.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = handle.join();
+    obs.samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    obs.segments = crate::process::sysvipc::read();
+    obs.fd_targets = fd_targets(&proc);
+    obs.comm_first = comm_first;
+    obs.comm_last = comm_names(pid);
+    Ok((obs, extras))
+}
+
+fn version_of(s: &Session) -> (u32, u32, u32) {
+    let v = &s.hello.version_info;
+    (v.major, v.minor, v.micro)
+}
+
+fn threads(s: &mut Session) -> anyhow::Result<Vec<ThreadInfo>> {
+    let v: Value = call(s, "threads", json!({"frames": 12}))?;
+    Ok(
+        serde_json::from_value(v.get("threads").cloned().unwrap_or(Value::Null))
+            .unwrap_or_default(),
+    )
+}
+
+/// The session part of the observation.
+#[allow(clippy::too_many_arguments)]
+fn watch(
+    attached: &mut Attached,
+    proc: &Process,
+    t0: Instant,
+    end: Instant,
+    settings: &Settings,
+    samples: &Mutex<Vec<Sample>>,
+    done: &AtomicUsize,
+    obs: &mut Observation,
+    extras: &mut Extras,
+) -> anyhow::Result<()> {
+    let duration = settings.duration;
+    let budget = duration * GIL_SHARE;
+    extras.method = Some(attached.method.to_string());
+    extras.attach_s = attached.attach_s;
+    let s = &mut attached.session;
+    let version = version_of(s);
+    extras.version = Some(format!("{}.{}.{}", version.0, version.1, version.2));
+    let mut py = PythonSide {
+        version,
+        ..Default::default()
+    };
+    let since = |at: Instant| at.saturating_duration_since(t0).as_secs_f64();
+    py.threads_first = threads(s)?;
+    let gc = |s: &mut Session, py: &mut PythonSide| -> anyhow::Result<()> {
+        let t = since(Instant::now());
+        let b: GcBasics = call(s, "gc_sample", Value::Null)?;
+        py.gc.push((t, b));
+        Ok(())
+    };
+    gc(s, &mut py)?;
+
+    // The first census is gc-only (cheap), to learn what one costs here;
+    // complete censuses (which also count str, int, ... through the tracked
+    // objects' referents) take about five times as long, so they are used
+    // only when the budget has room for a whole series of them.
+    let mut req = CensusRequest {
+        gc_only: true,
+        collect: false,
+        keep_ids: true,
+    };
+    let mut censuses: Vec<Census> = Vec::new();
+    let mut times: Vec<f64> = Vec::new();
+    let measure = |s: &mut Session, req: CensusRequest| -> anyhow::Result<(Census, f64, f64)> {
+        let before = s.gil_total_s;
+        let t = since(Instant::now());
+        let (c, _) = take_census(s, req)?;
+        // The agent's own figure: the request's GIL time also includes
+        // loading the census plugin the first time.
+        let cost = if c.stats.hold_total_s > 0.0 {
+            c.stats.hold_total_s
+        } else {
+            s.gil_total_s - before
+        }
+        .max(1e-4);
+        Ok((c, t, cost))
+    };
+    let (c, t, gc_cost) = measure(s, req)?;
+    extras.census_max_hold_s = c.stats.max_hold_s;
+    censuses.push(c);
+    times.push(t);
+    done.store(1, Ordering::Relaxed);
+    // What is left for censuses of `cost` each, after reserving the
+    // retainer walk (about three gc-only censuses) and the closing reads.
+    let room = |s: &Session| budget - s.gil_total_s - 3.0 * gc_cost - 0.01;
+    let series =
+        |room: f64, cost: f64| ((room / cost).floor().max(0.0) as usize).min(MAX_CENSUSES - 1);
+    let mut more = series(room(s), gc_cost);
+    extras.census_mode = "gc_only";
+    if room(s) >= (MAX_CENSUSES as f64) * 5.0 * gc_cost {
+        req.gc_only = false;
+        let (c, t, cost) = measure(s, req)?;
+        extras.census_mode = "complete";
+        extras.census_max_hold_s = extras.census_max_hold_s.max(c.stats.max_hold_s);
+        censuses.clear();
+        times.clear();
+        censuses.push(c);
+        times.push(t);
+        more = series(room(s), cost);
+    }
+    // From here on the agent's own memory (its code, the census arrays) is
+    // in place: anonymous growth is judged from now.
+    py.settled_t = since(Instant::now());
+    if more == 0 {
+        obs.skipped.push(Skipped {
+            part: "censuses".into(),
+            reason: format!(
+                "one census costs the target {gc_cost:.3} s of GIL: a second one would take it past \
+                 {:.0}% of the {duration:.0} s observation; watch longer (--duration)",
+                GIL_SHARE * 100.0
+            ),
+        });
+    }
+    py.gc_only = req.gc_only;
+
+    // Later censuses, evenly spread; gc counters in between.
+    let first_t = t0 + Duration::from_secs_f64(*times.last().unwrap_or(&0.0));
+    let tail = Duration::from_millis(300); // room for the closing requests
+    let last_at = end.checked_sub(tail).unwrap_or(end).max(first_t);
+    let span = last_at.saturating_duration_since(first_t);
+    let mut next_gc = Instant::now() + Duration::from_secs_f64(GC_EVERY);
+    for k in 1..=more {
+        let at = first_t + span.mul_f64(k as f64 / more as f64);
+        while next_gc < at {
+            wait_until(next_gc);
+            gc(s, &mut py)?;
+            next_gc += Duration::from_secs_f64(GC_EVERY);
+        }
+        wait_until(at);
+        let t = since(Instant::now());
+        let (c, _) = take_census(s, req)?;
+        extras.census_max_hold_s = extras.census_max_hold_s.max(c.stats.max_hold_s);
+        // Only the first and the latest keep their ids.
+        if censuses.len() >= 2
+            && let Some(prev) = censuses.last_mut()
+        {
+            prev.ids = None;
+        }
+        censuses.push(c);
+        times.push(t);
+        done.store(censuses.len(), Ordering::Relaxed);
+    }
+    gc(s, &mut py)?;
+
+    let refs: Vec<&Census> = censuses.iter().collect();
+    let mut rows = growth_rows(&refs);
+    // Reprs of new objects of the top steady growers.
+    if let (Some(first), Some(last)) = (censuses.first(), censuses.last())
+        && censuses.len() >= 2
+    {
+        let mut wanted: Vec<(u64, Vec<u64>)> = Vec::new();
+        let mut owner: Vec<usize> = Vec::new();
+        for (ri, r) in rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.monotonic)
+            .take(REPR_TYPES)
+        {
+            for id in new_ids(first, last, &r.name, REPRS_PER_TYPE) {
+                wanted.push((id, r.object_tids.clone()));
+                owner.push(ri);
+            }
+        }
+        let (found, _) = reprs(s, &wanted, req.gc_only)?;
+        for obj in found {
+            if let Some(k) = wanted.iter().position(|(id, _)| *id == obj.id) {
+                rows[owner[k]].new_objects.push(obj);
+            }
+        }
+    }
+    py.census_bytes = censuses.iter().map(|c| c.size).collect();
+    py.census_times = times;
+    py.rows = rows;
+    drop(censuses);
+
+    let last_gc: GcStateRaw = call(s, "gc_state", json!({"type_limit": 20}))?;
+    py.garbage = Some(last_gc.garbage);
+    py.threads_last = threads(s)?;
+
+    // The allocators' figures only when they can matter: anonymous growth
+    // to attribute, or a large process to explain. (Reading them loads
+    // ctypes into the target.)
+    let so_far: Vec<Sample> = samples.lock().map(|v| v.clone()).unwrap_or_default();
+    let anon = classify::classify(&so_far)
+        .iter()
+        .any(|g| matches!(g, classify::Signal::AnonGrowth { .. }));
+    let rss = proc.status().map(|st| st.vm_rss).unwrap_or(0);
+    if anon || rss >= crate::analysis::doctor::MIN_RETAINED {
+        let raw: crate::analysis::allocator::NativeRaw = call(s, "native_state", json!({}))?;
+        py.allocator = Some(AllocatorState {
+            pymalloc: raw
+                .debugmallocstats
+                .as_deref()
+                .and_then(crate::analysis::allocator::parse_debugmallocstats),
+            mallinfo: raw.mallinfo,
+        });
+    }
+
+    // Why the top grower is alive, if the budget allows.
+    if let Some(ty) = why_candidate(&py) {
+        if budget - s.gil_total_s >= 3.0 * gc_cost {
+            let q = WhyQuery {
+                type_name: Some(ty),
+                id: None,
+                samples: WHY_SAMPLES,
+                depth: WHY_DEPTH,
+            };
+            match why_collect(attached, &q) {
+                Ok(w) => py.why = Some(w),
+                Err(e) => obs.skipped.push(Skipped {
+                    part: "retainer paths".into(),
+                    reason: crate::commands::error_sentence(&e),
+                }),
+            }
+        } else {
+            obs.skipped.push(Skipped {
+                part: "retainer paths".into(),
+                reason: format!(
+                    "walking the reference graph would take the target past {:.0}% of the \
+                     observation in our code; run `memsleuth why {} --type {}`",
+                    GIL_SHARE * 100.0,
+                    obs.pid,
+                    ty
+                ),
+            });
+        }
+    }
+    let s = &mut attached.session;
+    if settings.allow_collect {
+        extras.collect = Some(call(s, "gc_collect", json!({"type_limit": 10}))?);
+    }
+    extras.why = py.why.clone();
+    obs.python = Some(py);
+    Ok(())
+}
