@@ -15,7 +15,7 @@ pub const AGENT_PLUGINS: &[&str] = &[
     include_str!("../plugins/census.py"),
     include_str!("../plugins/gcstate.py"),
     include_str!("../plugins/refgraph.py"),
-    include_str!("../plugins/threads.py"),
+    include_str!("../plugins/watch.py"),
 ];
 
 /// The agent source sent to the bootstrap in the load frame (the core only).

@@ -193,6 +193,8 @@ pub struct PythonSide {
     /// When the agent's own memory was in place (after its first census):
     /// anonymous growth before this is partly ours.
     pub settled_t: f64,
+    /// When the closing reads began (0: never; then all samples count).
+    pub closing_t: f64,
     pub gc: Vec<(f64, GcBasics)>,
     /// gc.garbage by type, read at the end.
     pub garbage: Option<GarbageScan>,

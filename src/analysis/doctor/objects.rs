@@ -3,7 +3,7 @@
 
 use super::evidence::*;
 use super::{Finding, Kind, MIN_GARBAGE, MIN_OBJECT_BYTES, MIN_TYPE_OBJECTS, PythonSide, secs};
-use crate::analysis::census::{GrowthRow, retention};
+use crate::analysis::census::{GrowthRow, growth_score, retention};
 use crate::analysis::classify::trend;
 use crate::analysis::refgraph::PathStatus;
 use crate::render::units;
@@ -25,6 +25,10 @@ pub struct Ledger {
     pub gc_only: bool,
 }
 
+/// Least growth_score (share of steps that rose × net over total movement)
+/// of a growing type.
+const MIN_CONSISTENCY: f64 = 0.5;
+
 /// Bytes rise that makes a type growing even when its count is flat (one
 /// list, dict or bytearray that keeps getting bigger).
 const MIN_TYPE_BYTES_ONLY: u64 = 64 * 1024;
@@ -43,6 +47,11 @@ fn growth_of(row: &GrowthRow, times: &[f64]) -> Option<TypeGrowth> {
     // was born is gone again. A leak keeps it.
     let kept = retention(row.delta_count, row.born);
     if by_count.is_some() && kept < 0.5 {
+        return None;
+    }
+    // Ups and downs that happen to end higher: net growth must be most of
+    // the movement.
+    if by_size.is_none() && growth_score(&row.counts[..n]) < MIN_CONSISTENCY {
         return None;
     }
     // Two censuses cannot show steadiness; demand that nearly all is kept.
@@ -346,7 +355,10 @@ pub fn gc_disabled(
         ));
         return;
     };
-    if candidates.is_empty() || cycles_confirmed == Some(false) {
+    // Without censuses, the gen-0 count is the evidence: with the
+    // collector off it only counts tracked objects that were never freed.
+    let blind = candidates.is_empty() && !ledger.has_census() && change.delta >= 1000;
+    if (candidates.is_empty() && !blind) || cycles_confirmed == Some(false) {
         notes.push(sentence(&format!(
             ", and the gen-0 count rose by {}: reference cycles are never freed",
             change.delta
@@ -354,13 +366,22 @@ pub fn gc_disabled(
         return;
     }
     let growing = ledger.take(|_| true);
-    let rate = ledger.rate(&growing);
-    let what = growing
-        .iter()
-        .take(3)
-        .map(|t| t.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let rate = if blind {
+        // No census to weigh them: the smallest tracked object is ~64 bytes.
+        change.rate_per_s.max(0.0) * 64.0
+    } else {
+        ledger.rate(&growing)
+    };
+    let what = if blind {
+        format!("{} tracked objects (no census to name them)", change.delta)
+    } else {
+        growing
+            .iter()
+            .take(3)
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let summary = format!(
         "the garbage collector is off and reference cycles pile up: {what} grow by {} \
          (gen-0 count +{} in {})",

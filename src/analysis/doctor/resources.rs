@@ -25,6 +25,8 @@ const THREAD_MODULES: &[&str] = &[
     "weakref",
     "_weakrefset",
     "_weakref",
+    "contextvars",
+    "_contextvars",
 ];
 /// ... for an open fd.
 const FD_MODULES: &[&str] = &[
@@ -444,11 +446,19 @@ pub fn native(
         return;
     }
     // Judge the growth from when the agent's own memory was in place.
-    let settled = obs.python.as_ref().map_or(0.0, |p| p.settled_t);
+    let (settled, closing) = obs
+        .python
+        .as_ref()
+        .map_or((0.0, 0.0), |p| (p.settled_t, p.closing_t));
+    let closing = if closing > settled {
+        closing
+    } else {
+        f64::INFINITY
+    };
     let points: Vec<(f64, u64)> = obs
         .samples
         .iter()
-        .filter(|x| x.t >= settled)
+        .filter(|x| x.t >= settled && x.t <= closing)
         .map(|x| (x.t, x.status.rss_anon))
         .collect();
     let Some(first) = points.first() else { return };

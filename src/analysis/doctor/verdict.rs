@@ -26,7 +26,12 @@ pub fn verdict(
     let anon_grows = signals
         .iter()
         .any(|s| matches!(s, Signal::AnonGrowth { .. }));
-    if anon_grows && obs.python.is_none() {
+    // Without two censuses, Python objects and native memory look alike.
+    let compared = obs
+        .python
+        .as_ref()
+        .is_some_and(|p| p.census_times.len() >= 2);
+    if anon_grows && !compared {
         return Verdict::Inconclusive;
     }
     Verdict::NoLeak

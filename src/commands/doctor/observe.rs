@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::progress::Progress;
-use crate::agent::Session;
-use crate::analysis::census::{Census, growth_rows, new_ids};
+use crate::agent::{Session, SessionError};
+use crate::analysis::census::{Census, CensusBuilder, growth_rows, new_ids};
 use crate::analysis::classify;
 use crate::analysis::doctor::{
     AllocatorState, Observation, PythonSide, Skipped, ThreadInfo, why_candidate,
@@ -184,7 +184,9 @@ pub fn observe(
                 &mut obs,
                 &mut extras,
             );
-            extras.gil_s = attached.session.gil_total_s;
+            if extras.gil_s == 0.0 {
+                extras.gil_s = attached.session.gil_total_s;
+            }
             let detached = attached.detach();
             if let Err(e) = watched {
                 obs.skipped.push(Skipped {
@@ -221,6 +223,24 @@ pub fn observe(
     obs.comm_first = comm_first;
     obs.comm_last = comm_names(pid);
     Ok((obs, extras))
+}
+
+/// The watch plugin's lean census of gc-tracked objects (same chunk
+/// format as `census`, read by the same builder).
+fn type_counts(s: &mut Session) -> anyhow::Result<Census> {
+    let mut builder = CensusBuilder::new(true);
+    let resp = s.request_chunked("type_counts", json!({}), &mut |frame| {
+        builder
+            .feed(&frame.header, &frame.payload)
+            .map_err(|e| SessionError::BadMessage(e.to_string()))
+    })?;
+    if !resp.ok {
+        anyhow::bail!(
+            "`type_counts` failed in the target: {}",
+            resp.error.unwrap_or_default()
+        );
+    }
+    Ok(builder.finish(&resp.result)?)
 }
 
 fn version_of(s: &Session) -> (u32, u32, u32) {
@@ -270,6 +290,12 @@ fn watch(
     };
     gc(s, &mut py)?;
 
+    // The GIL ledger: what each request kept the target in our code. For
+    // censuses the agent's own hold total (the request's wall time also
+    // counts waits for the GIL between chunks, when we did not hold it).
+    let mut over = 0.0f64; // request time that was not a hold
+    let spent = |s: &Session, over: f64| (s.gil_total_s - over).max(0.0);
+
     // The first census is gc-only (cheap), to learn what one costs here;
     // complete censuses (which also count str, int, ... through the tracked
     // objects' referents) take about five times as long, so they are used
@@ -281,74 +307,92 @@ fn watch(
     };
     let mut censuses: Vec<Census> = Vec::new();
     let mut times: Vec<f64> = Vec::new();
-    let measure = |s: &mut Session, req: CensusRequest| -> anyhow::Result<(Census, f64, f64)> {
+    let measure = |s: &mut Session,
+                   req: CensusRequest,
+                   over: &mut f64|
+     -> anyhow::Result<(Census, f64, f64)> {
         let before = s.gil_total_s;
         let t = since(Instant::now());
-        let (c, _) = take_census(s, req)?;
-        // The agent's own figure: the request's GIL time also includes
-        // loading the census plugin the first time.
-        let cost = if c.stats.hold_total_s > 0.0 {
-            c.stats.hold_total_s
+        let c = if req.gc_only {
+            type_counts(s)?
         } else {
-            s.gil_total_s - before
-        }
-        .max(1e-4);
-        Ok((c, t, cost))
+            take_census(s, req)?.0
+        };
+        let asked = s.gil_total_s - before;
+        let cost = if c.stats.hold_total_s > 0.0 {
+            c.stats.hold_total_s.min(asked.max(c.stats.hold_total_s))
+        } else {
+            asked
+        };
+        *over += (asked - cost).max(0.0);
+        Ok((c, t, cost.max(1e-4)))
     };
-    let (c, t, gc_cost) = measure(s, req)?;
+    let (c, t, gc_cost) = measure(s, req, &mut over)?;
+    let mut cost = gc_cost;
     extras.census_max_hold_s = c.stats.max_hold_s;
     censuses.push(c);
     times.push(t);
     done.store(1, Ordering::Relaxed);
-    // What is left for censuses of `cost` each, after reserving the
-    // retainer walk (about three gc-only censuses) and the closing reads.
-    let room = |s: &Session| budget - s.gil_total_s - 3.0 * gc_cost - 0.01;
-    let series =
-        |room: f64, cost: f64| ((room / cost).floor().max(0.0) as usize).min(MAX_CENSUSES - 1);
-    let mut more = series(room(s), gc_cost);
-    extras.census_mode = "gc_only";
-    if room(s) >= (MAX_CENSUSES as f64) * 5.0 * gc_cost {
+    // What is left, after reserving the retainer walk (about three gc-only
+    // censuses) and the closing reads.
+    let reserve = 3.0 * gc_cost + 0.01;
+    let room = |s: &Session, over: f64| budget - spent(s, over) - reserve;
+    if room(s, over) >= (MAX_CENSUSES as f64) * 5.0 * gc_cost {
         req.gc_only = false;
-        let (c, t, cost) = measure(s, req)?;
+        let (c, t, c_cost) = measure(s, req, &mut over)?;
+        cost = c_cost;
         extras.census_mode = "complete";
         extras.census_max_hold_s = extras.census_max_hold_s.max(c.stats.max_hold_s);
         censuses.clear();
         times.clear();
         censuses.push(c);
         times.push(t);
-        more = series(room(s), cost);
+    } else {
+        extras.census_mode = "gc_only";
     }
+    py.gc_only = req.gc_only;
     // From here on the agent's own memory (its code, the census arrays) is
     // in place: anonymous growth is judged from now.
     py.settled_t = since(Instant::now());
-    if more == 0 {
-        obs.skipped.push(Skipped {
-            part: "censuses".into(),
-            reason: format!(
-                "one census costs the target {gc_cost:.3} s of GIL: a second one would take it past \
-                 {:.0}% of the {duration:.0} s observation; watch longer (--duration)",
-                GIL_SHARE * 100.0
-            ),
-        });
-    }
-    py.gc_only = req.gc_only;
+    let planned = ((room(s, over) / cost).floor().max(0.0) as usize).min(MAX_CENSUSES - 1);
 
-    // Later censuses, evenly spread; gc counters in between.
+    // Later censuses evenly spread to the end, gc counters every GC_EVERY
+    // seconds throughout. A census that the budget no longer affords (the
+    // heap may have grown) is skipped, but the last one is kept if possible:
+    // the end point matters most.
     let first_t = t0 + Duration::from_secs_f64(*times.last().unwrap_or(&0.0));
     let tail = Duration::from_millis(300); // room for the closing requests
     let last_at = end.checked_sub(tail).unwrap_or(end).max(first_t);
     let span = last_at.saturating_duration_since(first_t);
+    let census_at: Vec<Instant> = (1..=planned)
+        .map(|k| first_t + span.mul_f64(k as f64 / planned as f64))
+        .collect();
+    let mut k = 0;
     let mut next_gc = Instant::now() + Duration::from_secs_f64(GC_EVERY);
-    for k in 1..=more {
-        let at = first_t + span.mul_f64(k as f64 / more as f64);
-        while next_gc < at {
+    let mut skipped_censuses = 0;
+    loop {
+        let next_census = census_at.get(k).copied();
+        let gc_due = next_gc < last_at && next_census.is_none_or(|c| next_gc < c);
+        if gc_due {
             wait_until(next_gc);
             gc(s, &mut py)?;
             next_gc += Duration::from_secs_f64(GC_EVERY);
+            continue;
+        }
+        let Some(at) = next_census else { break };
+        k += 1;
+        let left_after = (census_at.len() - k) as f64;
+        if room(s, over) < cost * (1.0 + left_after.min(1.0)) && left_after > 0.0 {
+            skipped_censuses += 1;
+            continue;
+        }
+        if room(s, over) < cost {
+            skipped_censuses += 1;
+            continue;
         }
         wait_until(at);
-        let t = since(Instant::now());
-        let (c, _) = take_census(s, req)?;
+        let (c, t, c_cost) = measure(s, req, &mut over)?;
+        cost = cost.max(c_cost);
         extras.census_max_hold_s = extras.census_max_hold_s.max(c.stats.max_hold_s);
         // Only the first and the latest keep their ids.
         if censuses.len() >= 2
@@ -360,7 +404,30 @@ fn watch(
         times.push(t);
         done.store(censuses.len(), Ordering::Relaxed);
     }
+    wait_until(last_at);
+    // The closing reads (gc.garbage, threads, allocators, the reference
+    // graph) allocate in the target: anonymous growth is judged before them.
+    py.closing_t = since(Instant::now());
     gc(s, &mut py)?;
+    if censuses.len() < 2 {
+        obs.skipped.push(Skipped {
+            part: "censuses".into(),
+            reason: format!(
+                "one census costs the target {cost:.3} s of GIL: a second one would take it past \
+                 {:.0}% of the {duration:.0} s observation; watch longer (--duration)",
+                GIL_SHARE * 100.0
+            ),
+        });
+    } else if skipped_censuses > 0 {
+        obs.skipped.push(Skipped {
+            part: format!("{skipped_censuses} of {planned} later censuses"),
+            reason: format!(
+                "censuses grew dearer as the heap grew ({cost:.3} s of GIL each); skipped to stay \
+                 under {:.0}% of the observation",
+                GIL_SHARE * 100.0
+            ),
+        });
+    }
 
     let refs: Vec<&Census> = censuses.iter().collect();
     let mut rows = growth_rows(&refs);
@@ -405,7 +472,21 @@ fn watch(
         .iter()
         .any(|g| matches!(g, classify::Signal::AnonGrowth { .. }));
     let rss = proc.status().map(|st| st.vm_rss).unwrap_or(0);
-    if anon || rss >= crate::analysis::doctor::MIN_RETAINED {
+    // Reading them imports ctypes and runs sys._debugmallocstats(): a few
+    // tens of ms, within the budget only.
+    let native_cost = 0.03f64.max(cost);
+    let affordable = budget - spent(s, over) >= native_cost + 3.0 * cost;
+    if (anon || rss >= crate::analysis::doctor::MIN_RETAINED) && !affordable {
+        obs.skipped.push(Skipped {
+            part: "allocator figures".into(),
+            reason: format!(
+                "reading them would take the target past {:.0}% of the observation in our \
+                 code; run `memsleuth native {}`",
+                GIL_SHARE * 100.0,
+                obs.pid
+            ),
+        });
+    } else if anon || rss >= crate::analysis::doctor::MIN_RETAINED {
         let raw: crate::analysis::allocator::NativeRaw = call(s, "native_state", json!({}))?;
         py.allocator = Some(AllocatorState {
             pymalloc: raw
@@ -418,7 +499,8 @@ fn watch(
 
     // Why the top grower is alive, if the budget allows.
     if let Some(ty) = why_candidate(&py) {
-        if budget - s.gil_total_s >= 3.0 * gc_cost {
+        // The graph walk costs about three censuses of the heap as it is now.
+        if budget - spent(s, over) >= 3.0 * cost {
             let q = WhyQuery {
                 type_name: Some(ty),
                 id: None,
@@ -450,6 +532,7 @@ fn watch(
         extras.collect = Some(call(s, "gc_collect", json!({"type_limit": 10}))?);
     }
     extras.why = py.why.clone();
+    extras.gil_s = spent(&attached.session, over);
     obs.python = Some(py);
     Ok(())
 }

@@ -1,0 +1,498 @@
+//! `memsleuth doctor` against real leaking and healthy processes, on every
+//! discovered interpreter the scenario supports: the right finding kind is
+//! ranked first and names the right type / shmid / path / function, and no
+//! control is called a leak.
+//!
+//! Tests watch for DURATION (shorter than the 20 s default to keep CI
+//! fast; the rules are the same). Interpreters run concurrently
+//! (MEMSLEUTH_TEST_JOBS limits it).
+
+mod common;
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use common::{Interpreter, Target, for_each_interpreter, memsleuth, run, spawn_target};
+use serde_json::Value;
+
+const DURATION: &str = "12s";
+/// Doctor runs at once across all tests and interpreters: each watches for
+/// DURATION, so running many together saves time, but on a small machine too
+/// many make every target (and the GIL figures) slow.
+const CONCURRENT: usize = 3;
+
+static SLOTS: Mutex<usize> = Mutex::new(0);
+static FREED: Condvar = Condvar::new();
+
+/// A slot among CONCURRENT, released on drop.
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let mut n = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= CONCURRENT {
+            n = FREED.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut n = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        FREED.notify_one();
+    }
+}
+
+struct Doc {
+    json: Value,
+    code: i32,
+    stderr: String,
+}
+
+impl Doc {
+    fn kinds(&self) -> Vec<String> {
+        self.json["findings"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|f| f["kind"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn first(&self) -> &Value {
+        &self.json["findings"][0]
+    }
+
+    fn verdict(&self) -> &str {
+        self.json["verdict"].as_str().unwrap_or("")
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "verdict {} exit {}; kinds {:?}; headline {:?}; skipped {}; notes {}; stderr {}",
+            self.verdict(),
+            self.code,
+            self.kinds(),
+            self.json["headline"],
+            self.json["skipped"],
+            self.json["notes"],
+            self.stderr
+        )
+    }
+}
+
+fn doctor(t: &Target, extra: &[&str]) -> Doc {
+    let pid = t.pid.to_string();
+    let mut cmd = memsleuth();
+    cmd.args(["doctor", &pid, "--json", "--duration", DURATION]);
+    cmd.args(extra);
+    let r = run(&mut cmd);
+    let json: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| {
+        panic!(
+            "[{}] {}: doctor printed no JSON ({e}); exit {}; stderr {}",
+            t.interp_label, t.name, r.code, r.stderr
+        )
+    });
+    let doc = Doc {
+        json,
+        code: r.code,
+        stderr: r.stderr,
+    };
+    check_common(t, &doc);
+    doc
+}
+
+/// What holds for every report: schema, exit status, GIL budget, target alive.
+fn check_common(t: &Target, d: &Doc) {
+    let who = format!("[{}] {}", t.interp_label, t.name);
+    assert_eq!(d.json["schema"], 1, "{who}: {}", d.explain());
+    let want = match d.verdict() {
+        "leak" => 3,
+        "no-leak" => 0,
+        "inconclusive" => 4,
+        v => panic!("{who}: unknown verdict {v:?}"),
+    };
+    assert_eq!(d.code, want, "{who}: exit status: {}", d.explain());
+    let observed = d.json["observed_s"].as_f64().unwrap_or(0.0);
+    assert!(observed >= 10.0, "{who}: observed {observed} s");
+    if let Some(share) = d.json["python"]["gil_share"].as_f64() {
+        assert!(share < 0.02, "{who}: GIL share {share}: {}", d.explain());
+    }
+    assert!(t.is_alive(), "{who}: the target died under doctor");
+    // Ranked by rate among the leak findings.
+    let rates: Vec<f64> = d.json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["informational"] == false)
+        .map(|f| f["rate_bytes_per_s"].as_f64().unwrap())
+        .collect();
+    assert!(
+        rates.windows(2).all(|w| w[0] >= w[1]),
+        "{who}: not ranked: {rates:?}"
+    );
+}
+
+fn expect_first(t: &Target, d: &Doc, kind: &str) {
+    assert_eq!(
+        d.verdict(),
+        "leak",
+        "[{}] {}: {}",
+        t.interp_label,
+        t.name,
+        d.explain()
+    );
+    assert_eq!(
+        d.kinds().first().map(String::as_str),
+        Some(kind),
+        "[{}] {}: {}",
+        t.interp_label,
+        t.name,
+        d.explain()
+    );
+}
+
+fn expect_no_leak(t: &Target, d: &Doc) {
+    assert_ne!(
+        d.verdict(),
+        "leak",
+        "[{}] {}: {}",
+        t.interp_label,
+        t.name,
+        d.explain()
+    );
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Spawns a target once a doctor slot is free (a target that waited for
+/// one would have leaked for minutes before being watched). The slot is
+/// held as long as the target lives.
+fn spawn(i: &Interpreter, name: &str, args: &[&str]) -> Option<Watched> {
+    let slot = Slot::take();
+    spawn_target(i, name, args).map(|t| Watched { t, _slot: slot })
+}
+
+struct Watched {
+    t: Target,
+    _slot: Slot,
+}
+
+impl std::ops::Deref for Watched {
+    type Target = Target;
+    fn deref(&self) -> &Target {
+        &self.t
+    }
+}
+
+fn python_objects(main: &str) {
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "unbounded_cache", &["--main", main]) else {
+            return;
+        };
+        let d = doctor(&t, &[]);
+        expect_first(&t, &d, "python-objects");
+        let ev = &d.first()["evidence"];
+        let types = names(&ev["types"]);
+        assert!(
+            types.iter().any(|n| n == "app.UserSession"),
+            "[{}] types {types:?}: {}",
+            i.label,
+            d.explain()
+        );
+        let held: Vec<&str> = ev["retainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["held_by"].as_str())
+            .collect();
+        assert!(
+            held.iter().any(|h| h.contains("_session_cache")),
+            "[{}] retainers {:?}: {}",
+            i.label,
+            ev["retainers"],
+            d.explain()
+        );
+        assert!(
+            d.json["headline"]
+                .as_str()
+                .unwrap()
+                .contains("app.UserSession"),
+            "[{}] {}",
+            i.label,
+            d.explain()
+        );
+    });
+}
+
+#[test]
+fn python_objects_main_busy() {
+    python_objects("busy");
+}
+
+#[test]
+fn python_objects_main_sleeping() {
+    python_objects("sleep");
+}
+
+#[test]
+fn python_objects_main_in_event_wait() {
+    python_objects("event");
+}
+
+#[test]
+fn uncollectable_garbage_saveall() {
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "gc_saveall", &[]) else {
+            return;
+        };
+        let d = doctor(&t, &[]);
+        expect_first(&t, &d, "uncollectable-garbage");
+        let ev = &d.first()["evidence"];
+        assert_eq!(ev["saveall"], true, "[{}] {}", i.label, d.explain());
+        assert!(
+            names(&ev["types"]).iter().any(|n| n.ends_with("SavedNode")),
+            "[{}] {}",
+            i.label,
+            ev["types"]
+        );
+    });
+}
+
+#[test]
+fn uncollectable_garbage_del_cycles_python2() {
+    for_each_interpreter(|i| {
+        if i.at_least(3, 0) {
+            return; // PEP 442: collectable since 3.4
+        }
+        let Some(t) = spawn(i, "gc_del_cycles", &[]) else {
+            return;
+        };
+        let d = doctor(&t, &[]);
+        expect_first(&t, &d, "uncollectable-garbage");
+        let ev = &d.first()["evidence"];
+        let types = names(&ev["types"]);
+        assert!(
+            types.iter().any(|n| n.ends_with("Finalized")),
+            "[{}] {types:?}",
+            i.label
+        );
+        let cause = ev["types"][0]["cause"].as_str().unwrap_or("");
+        assert!(cause.contains("__del__"), "[{}] cause {cause:?}", i.label);
+    });
+}
+
+#[test]
+fn gc_disabled() {
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "gc_disabled", &[]) else {
+            return;
+        };
+        let d = doctor(&t, &[]);
+        expect_first(&t, &d, "gc-disabled");
+        let ev = &d.first()["evidence"];
+        assert!(
+            names(&ev["growing"]).iter().any(|n| n.ends_with("Pair")),
+            "[{}] {}",
+            i.label,
+            ev["growing"]
+        );
+        assert_eq!(ev["enabled"][0], false);
+    });
+}
+
+#[test]
+fn shared_memory_sysv() {
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "sysv_shm_reattach", &[]) else {
+            return;
+        };
+        let shmid: u64 = t.info_parse("shmid");
+        let d = doctor(&t, &[]);
+        expect_first(&t, &d, "shared-memory-mappings");
+        let ev = &d.first()["evidence"];
+        assert_eq!(
+            ev["shmid"],
+            format!("0x{shmid:x}"),
+            "[{}] {}",
+            i.label,
+            d.explain()
+        );
+        assert!(ev["instances"]["delta"].as_i64().unwrap() >= 3);
+        assert!(ev["nattch"].as_u64().unwrap() >= ev["instances"]["after"].as_u64().unwrap());
+        assert!(ev["hint"].as_str().unwrap().contains("shmdt"));
+    });
+}
+
+#[test]
+fn shared_memory_posix_and_memfd() {
+    for_each_interpreter(|i| {
+        for (name, key) in [("posix_shm_reopen", "name"), ("memfd_remap", "memfd")] {
+            let Some(t) = spawn(i, name, &[]) else {
+                continue;
+            };
+            let label: String = t.info_parse(key);
+            let d = doctor(&t, &[]);
+            expect_first(&t, &d, "shared-memory-mappings");
+            let ev = &d.first()["evidence"];
+            assert!(
+                ev["label"]
+                    .as_str()
+                    .unwrap()
+                    .contains(label.trim_start_matches('/')),
+                "[{}] {name}: label {} vs {label}",
+                i.label,
+                ev["label"]
+            );
+        }
+    });
+}
+
+#[test]
+fn file_mappings() {
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "mmap_file_repeat", &[]) else {
+            return;
+        };
+        let path: String = t.info_parse("path");
+        let d = doctor(&t, &[]);
+        expect_first(&t, &d, "file-mappings");
+        assert_eq!(
+            d.first()["evidence"]["path"],
+            path.as_str(),
+            "[{}]",
+            i.label
+        );
+    });
+}
+
+#[test]
+fn native_heap() {
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "native_malloc", &[]) else {
+            return;
+        };
+        let d = doctor(&t, &[]);
+        expect_first(&t, &d, "native-heap");
+        let ev = &d.first()["evidence"];
+        assert!(ev["unexplained_bytes"].as_i64().unwrap() > 1 << 20);
+    });
+}
+
+#[test]
+fn threads() {
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "thread_leak", &[]) else {
+            return;
+        };
+        let d = doctor(&t, &[]);
+        expect_first(&t, &d, "threads");
+        let g = &d.first()["evidence"]["new_threads"][0];
+        assert_eq!(
+            g["function"],
+            "_leaked_worker",
+            "[{}] {}",
+            i.label,
+            d.explain()
+        );
+        assert_eq!(g["name"], "worker-<n>");
+    });
+}
+
+#[test]
+fn file_descriptors() {
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "fd_leak", &[]) else {
+            return;
+        };
+        let path: String = t.info_parse("path");
+        let d = doctor(&t, &[]);
+        expect_first(&t, &d, "file-descriptors");
+        let ev = &d.first()["evidence"];
+        for kind in ["file", "pipe", "socket"] {
+            assert!(
+                ev["by_kind"][kind].as_i64().unwrap_or(0) > 0,
+                "[{}] {kind}: {}",
+                i.label,
+                ev["by_kind"]
+            );
+        }
+        let targets = ev["top_targets"].to_string();
+        assert!(targets.contains(&path), "[{}] {targets}", i.label);
+    });
+}
+
+#[test]
+fn control_healthy_churn_with_bounded_cache() {
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "healthy", &[]) else {
+            return;
+        };
+        let d = doctor(&t, &[]);
+        expect_no_leak(&t, &d);
+        assert_eq!(d.verdict(), "no-leak", "[{}] {}", i.label, d.explain());
+    });
+}
+
+#[test]
+fn control_idle() {
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "idle", &[]) else {
+            return;
+        };
+        let d = doctor(&t, &[]);
+        assert_eq!(d.verdict(), "no-leak", "[{}] {}", i.label, d.explain());
+    });
+}
+
+#[test]
+fn control_large_but_flat_after_a_freed_burst() {
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "native_frag", &[]) else {
+            return;
+        };
+        let d = doctor(&t, &[]);
+        assert_eq!(d.verdict(), "no-leak", "[{}] {}", i.label, d.explain());
+        // Most of the burst is free inside malloc: said, as information.
+        assert_eq!(
+            d.kinds(),
+            vec!["allocator-retention".to_string()],
+            "[{}] {}",
+            i.label,
+            d.explain()
+        );
+        t.terminate(Duration::from_secs(5));
+    });
+}
+
+#[test]
+fn without_the_agent_proc_facts_still_decide() {
+    // A process we cannot attach to (PEP 768 forced on an interpreter
+    // without it): the /proc findings stand, the heap part is skipped.
+    for_each_interpreter(|i| {
+        if i.at_least(3, 14) {
+            return;
+        }
+        let Some(t) = spawn(i, "sysv_shm_reattach", &[]) else {
+            return;
+        };
+        let d = doctor(&t, &["--method", "pep768"]);
+        expect_first(&t, &d, "shared-memory-mappings");
+        assert!(d.json["python"].is_null(), "[{}] {}", i.label, d.explain());
+        let skipped = d.json["skipped"].to_string();
+        assert!(skipped.contains("3.14"), "[{}] {skipped}", i.label);
+    });
+}
