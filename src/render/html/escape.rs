@@ -141,9 +141,17 @@ fn check_tags(s: &str) -> Option<()> {
             if attr.is_empty() {
                 return None;
             }
+            // `name = "v"`: XML allows space around `=` (layout-rs writes it).
+            let mut j = i;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
             let mut value = "";
-            if b.get(i) == Some(&b'=') {
-                i += 1;
+            if b.get(j) == Some(&b'=') {
+                i = j + 1;
+                while i < b.len() && b[i].is_ascii_whitespace() {
+                    i += 1;
+                }
                 let q = *b.get(i)?;
                 if q != b'"' && q != b'\'' {
                     return None;
@@ -210,6 +218,7 @@ mod tests {
 .a12 { font-size: 12px; font-family: Times, serif; }
 </style>
 <g ><path id="arrow0" d="M 1 1 C 2 2, 3 3, 4 4 " stroke="black" marker-end="url(#endarrow)" fill="transparent" /></g>
+<text><tspan x = "5" dy="1.0em">x &gt; y</tspan></text>
 <text><textPath href="#arrow0" startOffset="50%" class="a12">x &gt; y</textPath></text></svg>"##;
         assert!(inline_svg(svg).is_some());
     }
@@ -225,6 +234,8 @@ mod tests {
             r#"<svg><style>@import "x.css";</style></svg>"#,
             r#"<svg><rect fill="url(http://x/y)"/></svg>"#,
             r#"<svg><rect width="1></svg>"#,
+            r#"<svg><a href = "https://example.invalid/">x</a></svg>"#,
+            r#"<svg onload = "alert(1)"></svg>"#,
             r#"<svg><!-- never closed </svg>"#,
             "no svg here",
         ] {

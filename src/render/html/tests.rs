@@ -434,3 +434,47 @@ fn every_evidence_kind_renders() {
     assert!(!html.contains("<script"));
     assert_sane(&html);
 }
+
+/// The sanitizer must accept what the real generators write, hostile
+/// labels included (else the graph would never show).
+#[test]
+fn real_graph_svgs_pass_the_inlining_check() {
+    use crate::render::graph::{self, Edge, Graph, Node, Role};
+    let node = |s: &str, role| Node {
+        lines: vec![s.to_string(), format!("{EVIL} \"q\" & 'a'")],
+        role,
+    };
+    let g = Graph {
+        title: format!("why are these {EVIL} alive?"),
+        nodes: vec![
+            node("module app", Role::Root),
+            node("dict", Role::Plain),
+            node(EVIL, Role::Target),
+        ],
+        edges: vec![
+            Edge {
+                from: 0,
+                to: 1,
+                label: "__dict__".into(),
+            },
+            Edge {
+                from: 1,
+                to: 2,
+                label: format!("['{EVIL}']"),
+            },
+        ],
+    };
+    let mut svgs = vec![("built-in", graph::svg_builtin(&g).expect("layout"))];
+    if let Some(dot) = graph::graphviz() {
+        let svg = graph::svg_with_graphviz(&dot, &graph::to_dot(&g)).expect("dot");
+        svgs.push(("graphviz", svg));
+    }
+    for (engine, svg) in svgs {
+        let mut r = report(vec![objects("a")], series(3), vec![]);
+        r.retainer_svg = Some(svg);
+        let html = report_html(&r);
+        assert!(html.contains("id=\"retainer-graph\"><svg"), "{engine}");
+        assert!(!html.contains("<script"), "{engine}");
+        assert_sane(&html);
+    }
+}
