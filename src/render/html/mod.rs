@@ -187,8 +187,13 @@ fn charts(out: &mut String, r: &Report) {
     }
 
     if r.type_series.is_empty() {
-        if r.python.is_some() {
-            out.push_str("<p class=\"muted\">No Python type grew between the censuses.</p>\n");
+        match &r.python {
+            Some(py) if py.censuses < 2 => out
+                .push_str("<p class=\"muted\">One census only: no per-type series to draw.</p>\n"),
+            Some(_) => {
+                out.push_str("<p class=\"muted\">No Python type grew between the censuses.</p>\n")
+            }
+            None => {}
         }
         return;
     }
@@ -268,7 +273,7 @@ fn footer(out: &mut String, r: &Report) {
             let _ = write!(
                 out,
                 "{} s in memsleuth's code with the GIL held ({:.1}% of {:.1} s); \
-                 {} {} censuses (longest GIL hold {} s); attached in {} s ({})",
+                 {} {} census{} (longest GIL hold {} s); attached in {} s ({})",
                 fixed(py.gil_s, 3),
                 if py.gil_share.is_finite() {
                     py.gil_share * 100.0
@@ -282,6 +287,7 @@ fn footer(out: &mut String, r: &Report) {
                 } else {
                     "complete"
                 },
+                if py.censuses == 1 { "" } else { "es" },
                 fixed(py.census_max_hold_s, 3),
                 fixed(py.attach_s, 2),
                 esc(&py.attach_method)

@@ -247,6 +247,14 @@ fn empty_and_single_sample_reports_render() {
     let html = report_html(&r);
     assert!(html.contains("<circle"), "a lone sample is a dot");
     assert_sane(&html);
+
+    let mut r = report(vec![], series(4), vec![]);
+    r.python.as_mut().unwrap().censuses = 1;
+    let html = report_html(&r);
+    assert!(html.contains("One census only"));
+    assert!(html.contains("1 gc-only census (longest"));
+    assert!(!html.contains(CHART_TYPE_COUNTS));
+    assert_sane(&html);
 }
 
 #[test]
