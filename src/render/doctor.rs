@@ -268,7 +268,7 @@ pub fn text(r: &Report) -> String {
     match &r.python {
         Some(py) => out.push_str(&format!(
             "Cost to the target: {:.3} s in memsleuth's code with the GIL ({:.1}% of {:.1} s); \
-             {} {} censuses; attached in {:.2} s ({})\n",
+             {} {} {}; attached in {:.2} s ({})\n",
             py.gil_s,
             py.gil_share * 100.0,
             r.observed_s,
@@ -277,6 +277,11 @@ pub fn text(r: &Report) -> String {
                 "gc-only"
             } else {
                 "complete"
+            },
+            if py.censuses == 1 {
+                "census"
+            } else {
+                "censuses"
             },
             py.attach_s,
             py.attach_method

@@ -275,3 +275,119 @@ fn evidence_matches_its_kind_and_names_are_stable() {
         assert_eq!(serde_json::to_value(k).unwrap(), k.name());
     }
 }
+
+/// Checks `v` against the parts of JSON Schema docs/doctor.schema.json
+/// uses: required, properties, items, $ref, allOf with if/const/then,
+/// oneOf with null, enum and const.
+fn check(schema: &serde_json::Value, root: &serde_json::Value, v: &serde_json::Value, at: &str) {
+    use serde_json::Value;
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/$defs/");
+        return check(&root["$defs"][name], root, v, at);
+    }
+    if let Some(alts) = schema.get("oneOf").and_then(Value::as_array) {
+        if v.is_null() {
+            assert!(
+                alts.iter().any(|a| a["type"] == "null"
+                    || a["type"]
+                        .as_array()
+                        .is_some_and(|t| t.contains(&"null".into()))),
+                "{at}: null not allowed"
+            );
+        } else {
+            let a = alts.iter().find(|a| a["type"] != "null").unwrap();
+            check(a, root, v, at);
+        }
+        return;
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
+        assert!(e.contains(v), "{at}: {v} not in {e:?}");
+    }
+    if let Some(c) = schema.get("const") {
+        assert_eq!(c, v, "{at}");
+    }
+    if let Some(req) = schema.get("required").and_then(Value::as_array) {
+        for k in req {
+            let k = k.as_str().unwrap();
+            assert!(v.get(k).is_some(), "{at}: missing `{k}` in {v}");
+        }
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (k, s) in props {
+            if let Some(x) = v.get(k) {
+                check(s, root, x, &format!("{at}.{k}"));
+            }
+        }
+    }
+    if let (Some(items), Some(list)) = (schema.get("items"), v.as_array()) {
+        for (i, x) in list.iter().enumerate() {
+            check(items, root, x, &format!("{at}[{i}]"));
+        }
+    }
+    for cond in schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (key, want) = cond["if"]["properties"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap();
+        if v.get(key) == Some(&want["const"]) {
+            check(&cond["then"], root, v, at);
+        }
+    }
+}
+
+#[test]
+fn reports_follow_the_published_schema() {
+    use super::report::{ProcessReport, Report};
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/doctor.schema.json"),
+    )
+    .unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let kinds: Vec<&str> = schema["$defs"]["finding"]["properties"]["kind"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, Kind::ALL.map(Kind::name));
+    let rows = vec![row(
+        "threading.Thread",
+        Some("threading"),
+        &[5, 25, 45, 65],
+        56,
+    )];
+    let gcs = vec![gc(0.0, true, 10, 0), gc(6.0, true, 40, 1200)];
+    let cases = [
+        ("sysv_shm_reattach", None),
+        ("thread_leak", Some(python(rows, gcs))),
+        ("fd_leak", None),
+        ("mmap_file_repeat", None),
+        ("native_malloc", Some(python(Vec::new(), Vec::new()))),
+    ];
+    for (fixture, py) in cases {
+        let o = obs(fixture, py);
+        let d = diagnose(&o);
+        let process = ProcessReport {
+            pid: 42,
+            cmdline: "python3 app.py".into(),
+            exe: None,
+            rss_bytes_start: 1,
+            rss_bytes_end: 2,
+            vm_size_bytes_end: 3,
+            threads_end: 4,
+            fds_end: Some(5),
+            growth_bytes_per_s: 0.0,
+            doubling_s: None,
+        };
+        let r = Report::new(&o, d, process, None);
+        let v = serde_json::to_value(&r).unwrap();
+        check(&schema, &schema, &v, fixture);
+    }
+}
