@@ -55,7 +55,7 @@ pub enum Command {
 pub struct DoctorArgs {
     #[command(flatten)]
     pub attach: AttachArgs,
-    /// How long to watch (`20s`, `90s`, `2m`, `500ms`).
+    /// How long to watch (`20s`, `90s`, `2m`; at least 1 s).
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub duration: f64,
     /// Print one JSON document (schema: docs/doctor.schema.json) instead of text.

@@ -31,6 +31,8 @@ macro_rules! snap {
 fn help_texts() {
     snap!("help", render(memsleuth().arg("--help")),);
     for sub in [
+        "doctor",
+        "demo",
         "ps",
         "top",
         "maps",
