@@ -496,3 +496,60 @@ fn without_the_agent_proc_facts_still_decide() {
         assert!(skipped.contains("3.14"), "[{}] {skipped}", i.label);
     });
 }
+
+#[test]
+fn demo_runs_the_bundled_service_and_cleans_up() {
+    // As the README says: python3 from PATH (skipped when there is none).
+    if std::process::Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        eprintln!("SKIPPED demo: no python3 on PATH");
+        return;
+    }
+    let _slot = Slot::take();
+    let before: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("memsleuth-demo-"))
+        .collect();
+    let r = run(memsleuth().args([
+        "demo",
+        "--scenario",
+        "unbounded-cache",
+        "--duration",
+        DURATION,
+        "--json",
+    ]));
+    let json: Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("demo printed no JSON ({e}): {}", r.stderr));
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(json["findings"][0]["kind"], "python-objects", "{json}");
+    assert!(
+        json["headline"]
+            .as_str()
+            .unwrap()
+            .contains("sessions.UserSession"),
+        "{}",
+        json["headline"]
+    );
+    // The service is gone and so is its directory.
+    let pid = json["process"]["pid"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.contains("State:\tZ")),
+        "demo service {pid} still runs"
+    );
+    let after: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("memsleuth-demo-") && !before.contains(n))
+        .collect();
+    assert!(after.is_empty(), "left behind: {after:?}");
+}
