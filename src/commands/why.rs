@@ -65,8 +65,13 @@ pub fn parse_address(s: &str) -> anyhow::Result<u64> {
 
 pub fn run(args: &WhyArgs) -> CmdResult {
     let object_id = args.id.as_deref().map(parse_address).transpose()?;
-    let mut report =
-        super::with_session(&args.attach, |attached| collect(attached, args, object_id))?;
+    let query = Query {
+        type_name: args.type_name.clone(),
+        id: object_id,
+        samples: args.samples as usize,
+        depth: args.depth as usize,
+    };
+    let mut report = super::with_session(&args.attach, |attached| collect(attached, &query))?;
     let found = !report.paths.is_empty();
     let mut body = String::new();
     let mut note = None;
@@ -144,19 +149,17 @@ fn remote(op: &str, resp: &crate::agent::Response) -> anyhow::Error {
     anyhow::anyhow!("`{op}` failed in the target: {e}")
 }
 
-fn collect(
-    attached: &mut Attached,
-    args: &WhyArgs,
-    object_id: Option<u64>,
-) -> anyhow::Result<WhyReport> {
-    let samples = args.samples as usize;
-    let depth = args.depth as usize;
+/// Runs the query in the session: the graph, the search, the labels (also
+/// used by `memsleuth view` for one object at a time).
+pub fn collect(attached: &mut Attached, query: &Query) -> anyhow::Result<WhyReport> {
+    let samples = query.samples;
+    let depth = query.depth;
     let t_collect = Instant::now();
     let mut builder = GraphBuilder::new();
     let mut chunk_error: Option<GraphError> = None;
     let params = json!({
-        "type": args.type_name,
-        "object_id": object_id,
+        "type": query.type_name,
+        "object_id": query.id,
         "samples": samples,
         "seed": 0,
     });
@@ -263,12 +266,7 @@ fn collect(
     Ok(WhyReport {
         schema: 1,
         pid: attached.pid,
-        query: Query {
-            type_name: args.type_name.clone(),
-            id: object_id,
-            samples,
-            depth,
-        },
+        query: query.clone(),
         matched_types: answer
             .matched_types
             .iter()
