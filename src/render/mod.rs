@@ -7,5 +7,6 @@ pub mod graph;
 pub mod maps;
 pub mod table;
 pub mod tracemalloc;
+pub mod tui;
 pub mod units;
 pub mod why;
