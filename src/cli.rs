@@ -44,6 +44,8 @@ pub enum Command {
     Tracemalloc(TracemallocArgs),
     /// Show the allocators' view (glibc malloc, pymalloc arenas); --probe finds what is reclaimable.
     Native(NativeArgs),
+    /// Browse the live heap interactively: types, growth, instances and why they are alive.
+    View(ViewArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -212,6 +214,15 @@ pub struct NativeArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Count only objects the garbage collector tracks (faster censuses, no str/int/float...).
+    #[arg(long)]
+    pub gc_only: bool,
 }
 
 /// How to attach; shared by every command that runs code in the target.
