@@ -217,6 +217,11 @@ pub struct NativeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Keys: Enter opens (a type's instances, an object's retainer chain), Backspace goes back, \
+/ filters, s sorts by size, count or growth, b sets the baseline, r refreshes, g shows the collector, \
+m the mappings, ? the help, q or Esc quits and detaches."
+)]
 pub struct ViewArgs {
     #[command(flatten)]
     pub attach: AttachArgs,

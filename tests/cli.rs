@@ -45,6 +45,7 @@ fn help_texts() {
         "why",
         "tracemalloc",
         "native",
+        "view",
     ] {
         snap!(
             format!("help_{sub}"),

@@ -203,7 +203,7 @@ pub fn header(f: &mut Frame, area: Rect, app: &App) {
         None => first.push(Span::styled("gc ?", th.dim())),
     }
     first.push(Span::styled(" · ", th.dim()));
-    first.push(Span::raw(format!("attached by {}", safe(&t.method))));
+    first.push(Span::raw(format!("via {}", safe(&t.method))));
     // Three counters share the second line; each gets a third of it.
     let each = (area.width as usize / 3).max(12);
     let spark_w = each.saturating_sub(14).clamp(1, 60);
