@@ -9,7 +9,9 @@
 //! __main__ names are as before.
 //!
 //! Every discovered interpreter (2.7 to 3.15, shared and static builds,
-//! ptrace and PEP 768): a run takes 1-3 s, and they run side by side.
+//! ptrace and PEP 768): a run takes 1-3 s, and they run side by side. Also,
+//! on the oldest and the newest interpreter: Ctrl-C, and SIGTERM in the
+//! middle of a census, still detach and leave the target as it was.
 //! Skipped with a message when tmux is missing (a failure with CI=true).
 
 mod common;
@@ -187,4 +189,61 @@ fn view_finds_the_leak_and_why_it_is_alive() {
         return;
     }
     for_each_interpreter(drive);
+}
+
+/// The viewer process itself (the child of the pane's shell).
+fn viewer_pid(tmux: &Tmux) -> Option<u32> {
+    let out = tmux
+        .cmd()
+        .args(["display-message", "-p", "-t", "view", "#{pane_pid}"])
+        .output()
+        .ok()?;
+    let shell: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn ctrl_c_and_sigterm_still_detach() {
+    if !have_tmux() {
+        eprintln!("memsleuth tests: tmux not installed: skipping");
+        return;
+    }
+    let all = common::interpreters();
+    let mut ends = vec![all[0].clone()];
+    if all.len() > 1 {
+        ends.push(all[all.len() - 1].clone());
+    }
+    for interp in &ends {
+        let t = spawn_target(interp, "unbounded_cache", &["--main", "sleep"]).unwrap();
+        let before = t.report_state();
+        let cmd = format!(
+            "{} view {}; echo MEMSLEUTH-EXIT=$?; sleep 600",
+            env!("CARGO_BIN_EXE_memsleuth"),
+            t.pid
+        );
+        for how in ["ctrl-c", "sigterm"] {
+            let tmux = Tmux::start(&format!("{how}-{}", t.pid), &cmd);
+            tmux.wait("the first census", |s| s.contains(", 1 census "));
+            if how == "ctrl-c" {
+                tmux.keys(&["C-c"]);
+            } else {
+                let pid = viewer_pid(&tmux).expect("the viewer's pid");
+                tmux.keys(&["r"]);
+                // SAFETY: kill(2) on our own child process.
+                unsafe { libc_kill(pid as i32, 15) };
+            }
+            let s = tmux.wait("the viewer to exit", |s| s.contains("MEMSLEUTH-EXIT="));
+            assert!(s.contains("MEMSLEUTH-EXIT=0"), "[{interp}] {how}:\n{s}");
+        }
+        let after = t.report_state();
+        for key in ["modules", "threads", "fds", "main_names"] {
+            assert_eq!(before[key], after[key], "[{interp}] {key} changed");
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

@@ -59,8 +59,8 @@
 # with a million instances still costs one C-speed scan. With `dict_of` they
 # are the __dict__s of such objects (as the census attributes them); with
 # `untracked` the untracked referents of tracked objects are searched too
-# (str, int, ... are not in gc.get_objects()). Each: id, sys.getsizeof and
-# a short repr.
+# (str, int, ... are not in gc.get_objects()). The agent's own objects are
+# left out as in the census. Each: id, sys.getsizeof and a short repr.
 
 _CENSUS_OWN_NAMES = ('_memsleuth_agent', '__memsleuth__', '_memsleuth_bootstrap')
 # Py_TPFLAGS_HEAPTYPE
@@ -958,12 +958,22 @@ def _census_instances_op(agent, req):
     seg = _clock()
     objs = gc.get_objects()
     n = len(objs)
+    # The agent's own objects (and what only they hold) are left out, as
+    # in the census.
+    c = _census_Census(agent, req)
+    try:
+        mine.update(c.own_walk(objs))
+    finally:
+        c.agent = c.req = c.t = None
+        c = None
     phases = (0, 1) if req.get('untracked') and not dict_of else (0,)
     for phase in phases:
         i = 0
         while i < n and len(picked) < limit:
             part = objs[i:i + 20000]
             i += len(part)
+            part = list(itertools.compress(part, imap(operator.not_,
+                                                      imap(mine.__contains__, imap(id, part)))))
             if phase == 1:
                 part = list(ifilterfalse(gc.is_tracked, gc.get_referents(*part)))
             scanned += len(part)
