@@ -1,6 +1,8 @@
 use super::*;
-use crate::analysis::census::{AgentStats, TypeRow};
-use ratatui::crossterm::event::KeyEventState;
+use crate::analysis::census::{AgentStats, RowKind, TypeRow};
+use ratatui::crossterm::event::{
+    Event, KeyCode, KeyEvent, KeyEventKind, KeyEventState, KeyModifiers,
+};
 
 fn key(code: KeyCode) -> Event {
     Event::Key(KeyEvent {

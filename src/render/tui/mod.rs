@@ -23,6 +23,7 @@
 pub mod app;
 pub mod data;
 pub mod instances;
+mod keys;
 pub mod object;
 pub mod panels;
 pub mod types;
