@@ -978,6 +978,8 @@ def _rg_op_referents(agent, req):
                 break
             except ValueError:
                 pass
+            refs = None
+            time.sleep(0)  # let the application's threads run
         refs = None
     frames = objs = ids = None
     if obj is None:

@@ -252,13 +252,9 @@ impl App {
     pub fn update(&mut self, u: Update) -> Vec<Command> {
         match u {
             Update::Busy { label, queued } => {
-                let since = match &self.busy {
-                    Some(b) if b.label == label => b.since,
-                    _ => self.now,
-                };
                 self.busy = Some(Busy {
                     label,
-                    since,
+                    since: self.now,
                     queued,
                 });
             }
