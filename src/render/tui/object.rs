@@ -62,7 +62,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &mut App) {
         (_, Some(r)) => Line::raw(format!(" {}", safe(&r))),
         (Some(Loading::Pending), None) => Line::styled(" reading the object…", th.dim()),
         (Some(Loading::Failed(e)), None) => Line::styled(format!(" {}", safe(e)), th.warn()),
-        _ => Line::styled(" (not a gc-tracked object: it refers to nothing)", th.dim()),
+        _ => Line::styled(" (gone: freed since it was listed)", th.dim()),
     };
     f.render_widget(
         Paragraph::new(repr_line).wrap(Wrap { trim: false }),
