@@ -61,6 +61,9 @@ pub fn run(args: &ViewArgs) -> CmdResult {
             "memsleuth view needs a terminal; for text output use `memsleuth types` or `memsleuth growth`"
         );
     }
+    // From here a Ctrl-C or a signal ends the viewer cleanly (an attach in
+    // progress completes, then the session is detached).
+    terminal::install_handlers();
     let attached = crate::inject::attach::attach(pid, &args.attach.options())?;
     let target = TargetInfo {
         pid,
@@ -78,7 +81,6 @@ pub fn run(args: &ViewArgs) -> CmdResult {
         .name("memsleuth-view".into())
         .spawn(move || worker::run(attached, cmd_rx, up_tx, opts))?;
 
-    terminal::install_handlers();
     let mut stats = FrameStats::default();
     let ui = catch_unwind(AssertUnwindSafe(|| {
         let mut app = App::new(target, Theme::from_env());
@@ -113,6 +115,7 @@ pub fn run(args: &ViewArgs) -> CmdResult {
     };
     match detached {
         Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(_) if proc.status().is_err() => bail!("process {pid} exited; nothing to detach"),
         Err(e) => bail!("detach failed: {e}"),
     }
 }
