@@ -48,6 +48,8 @@ pub enum Command {
     Tracemalloc(TracemallocArgs),
     /// Show the allocators' view (glibc malloc, pymalloc arenas); --probe finds what is reclaimable.
     Native(NativeArgs),
+    /// Browse the live heap interactively: types, growth, instances and why they are alive.
+    View(ViewArgs),
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +256,20 @@ pub struct NativeArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Keys: Enter opens (a type's instances, an object's retainer chain), Backspace goes back, \
+/ filters, s sorts by size, count or growth, b sets the baseline, r refreshes, g shows the collector, \
+m the mappings, ? the help, q or Esc quits and detaches."
+)]
+pub struct ViewArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Count only objects the garbage collector tracks (faster censuses, no str/int/float...).
+    #[arg(long)]
+    pub gc_only: bool,
 }
 
 /// How to attach; shared by every command that runs code in the target.

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Why(args) => commands::why::run(&args),
         Command::Tracemalloc(args) => commands::tracemalloc::run(&args),
         Command::Native(args) => commands::native::run(&args),
+        Command::View(args) => commands::view::run(&args),
     };
     match result {
         Ok(code) => code,

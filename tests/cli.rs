@@ -47,6 +47,7 @@ fn help_texts() {
         "why",
         "tracemalloc",
         "native",
+        "view",
     ] {
         snap!(
             format!("help_{sub}"),

@@ -60,45 +60,7 @@ pub fn run(args: &GcArgs) -> CmdResult {
     let proc = super::open(args.attach.pid)?;
     let interval = Duration::from_secs_f64(args.interval);
     let report = super::with_session(&args.attach, |attached| {
-        let session = &mut attached.session;
-        let first: GcStateRaw = call(session, "gc_state", json!({"type_limit": args.limit}))?;
-        // The second read is a separate, tiny request: sleeping here, not in
-        // the target, keeps the time we hold its GIL honest.
-        let t = Instant::now();
-        std::thread::sleep(interval);
-        let second: GcBasics = call(session, "gc_sample", Value::Null)?;
-        let interval_s = if second.time > first.basics.time && first.basics.time > 0.0 {
-            second.time - first.basics.time
-        } else {
-            t.elapsed().as_secs_f64()
-        };
-        let collect = if args.collect {
-            let (rss_before, _) = rss(&proc)?;
-            let raw: CollectRaw = call(session, "gc_collect", json!({"type_limit": 15}))?;
-            let (rss_after, _) = rss(&proc)?;
-            Some(CollectReport {
-                returned: raw.returned,
-                seconds: raw.seconds,
-                objects_before: raw.objects_before,
-                objects_after: raw.objects_after,
-                garbage_before: raw.garbage_before,
-                garbage_after: raw.garbage_after,
-                rss_before,
-                rss_after,
-                freed: raw.freed,
-            })
-        } else {
-            None
-        };
-        let meta = Meta {
-            pid: args.attach.pid,
-            version: version(session),
-            attach_s: attached.attach_s,
-            gil_s: attached.session.gil_total_s,
-        };
-        Ok(gcstate::build_report(
-            &meta, first, &second, interval_s, collect,
-        ))
+        read_report(attached, &proc, args.limit, interval, args.collect)
     })?;
     let mut out = Out::new();
     if args.json {
@@ -108,4 +70,55 @@ pub fn run(args: &GcArgs) -> CmdResult {
     }
     out.flush()?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Reads the collector's state twice, `interval` apart (and collects when
+/// asked), and builds the report with its findings. Also used by
+/// `memsleuth view`'s gc panel.
+pub(crate) fn read_report(
+    attached: &mut crate::inject::attach::Attached,
+    proc: &Process,
+    limit: usize,
+    interval: Duration,
+    collect: bool,
+) -> anyhow::Result<gcstate::GcReport> {
+    let session = &mut attached.session;
+    let first: GcStateRaw = call(session, "gc_state", json!({"type_limit": limit}))?;
+    // The second read is a separate, tiny request: sleeping here, not in
+    // the target, keeps the time we hold its GIL honest.
+    let t = Instant::now();
+    std::thread::sleep(interval);
+    let second: GcBasics = call(session, "gc_sample", Value::Null)?;
+    let interval_s = if second.time > first.basics.time && first.basics.time > 0.0 {
+        second.time - first.basics.time
+    } else {
+        t.elapsed().as_secs_f64()
+    };
+    let collect = if collect {
+        let (rss_before, _) = rss(proc)?;
+        let raw: CollectRaw = call(session, "gc_collect", json!({"type_limit": 15}))?;
+        let (rss_after, _) = rss(proc)?;
+        Some(CollectReport {
+            returned: raw.returned,
+            seconds: raw.seconds,
+            objects_before: raw.objects_before,
+            objects_after: raw.objects_after,
+            garbage_before: raw.garbage_before,
+            garbage_after: raw.garbage_after,
+            rss_before,
+            rss_after,
+            freed: raw.freed,
+        })
+    } else {
+        None
+    };
+    let meta = Meta {
+        pid: attached.pid,
+        version: version(session),
+        attach_s: attached.attach_s,
+        gil_s: attached.session.gil_total_s,
+    };
+    Ok(gcstate::build_report(
+        &meta, first, &second, interval_s, collect,
+    ))
 }

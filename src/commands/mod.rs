@@ -18,6 +18,7 @@ pub mod shm;
 pub mod top;
 pub mod tracemalloc;
 pub mod types;
+pub mod view;
 pub mod why;
 
 use std::io::Write;

@@ -65,7 +65,7 @@ pub fn parse_address(s: &str) -> anyhow::Result<u64> {
 
 pub fn run(args: &WhyArgs) -> CmdResult {
     let object_id = args.id.as_deref().map(parse_address).transpose()?;
-    let query = WhyQuery {
+    let query = Query {
         type_name: args.type_name.clone(),
         id: object_id,
         samples: args.samples as usize,
@@ -149,27 +149,17 @@ fn remote(op: &str, resp: &crate::agent::Response) -> anyhow::Error {
     anyhow::anyhow!("`{op}` failed in the target: {e}")
 }
 
-/// What to explain: instances of a type (sampled) or one object.
-#[derive(Debug, Clone)]
-pub(crate) struct WhyQuery {
-    pub type_name: Option<String>,
-    pub id: Option<u64>,
-    pub samples: usize,
-    pub depth: usize,
-}
-
-/// Runs the graph walk and label lookups in the session and explains the
-/// sampled paths (used by `why` and `doctor`).
-pub(crate) fn collect(attached: &mut Attached, q: &WhyQuery) -> anyhow::Result<WhyReport> {
-    let samples = q.samples;
-    let depth = q.depth;
-    let object_id = q.id;
+/// Runs the query in the session: the graph, the search, the labels (also
+/// used by `memsleuth view` for one object at a time).
+pub fn collect(attached: &mut Attached, query: &Query) -> anyhow::Result<WhyReport> {
+    let samples = query.samples;
+    let depth = query.depth;
     let t_collect = Instant::now();
     let mut builder = GraphBuilder::new();
     let mut chunk_error: Option<GraphError> = None;
     let params = json!({
-        "type": q.type_name,
-        "object_id": object_id,
+        "type": query.type_name,
+        "object_id": query.id,
         "samples": samples,
         "seed": 0,
     });
@@ -276,12 +266,7 @@ pub(crate) fn collect(attached: &mut Attached, q: &WhyQuery) -> anyhow::Result<W
     Ok(WhyReport {
         schema: 1,
         pid: attached.pid,
-        query: Query {
-            type_name: q.type_name.clone(),
-            id: object_id,
-            samples,
-            depth,
-        },
+        query: query.clone(),
         matched_types: answer
             .matched_types
             .iter()

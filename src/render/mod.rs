@@ -9,5 +9,6 @@ pub mod html;
 pub mod maps;
 pub mod table;
 pub mod tracemalloc;
+pub mod tui;
 pub mod units;
 pub mod why;

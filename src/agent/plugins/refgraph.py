@@ -32,6 +32,14 @@
 #     'name'), member (set), unknown, gone; and each node {type, kind, name,
 #     len, func/file/line}. No repr() of anything but plain data.
 #
+# refgraph_referents {object_id, parent, limit, cap}
+#     One object (found like the above, never from an id alone: a tracked
+#     object, a thread frame, else among the referents of `parent` or, last,
+#     of every tracked object) and what it refers to (`memsleuth view`): up
+#     to `limit` referents, each with its id, the label of the reference, a
+#     description (as for nodes), its sys.getsizeof and a short repr (the
+#     census plugin's when it is loaded, else plain data only).
+#
 # Globals here are prefixed _rg_: all plugins share one namespace.
 
 _RG_CHUNK_WORDS = 1 << 16
@@ -898,5 +906,120 @@ def _rg_op_labels(agent, req):
     return {'edges': out_edges, 'nodes': out_nodes}
 
 
+def _rg_short(o, cap):
+    """(size, repr) of o for a listing."""
+    try:
+        size = sys.getsizeof(o)
+    except Exception:
+        size = 0
+    short = globals().get('_census_short_repr')
+    try:
+        if short is not None:
+            try:
+                import reprlib
+            except ImportError:
+                import repr as reprlib
+            return size, short(o, cap, reprlib)
+        return size, _rg_cap(_rg_safe_repr(o), cap)
+    except Exception:
+        return size, None
+
+
+def _rg_refs_of(o):
+    """What o refers to, as the referents listing shows it: its traversal,
+    the keys of a dict (str-keyed dicts do not traverse them), the locals
+    of a running 3.11+ frame."""
+    refs = list(gc.get_referents(o))
+    if isinstance(o, dict):
+        refs.extend(list(dict.keys(o)))
+    if type(o).__name__ == 'frame' and sys.version_info >= (3, 11):
+        try:
+            refs.extend(list(o.f_locals.values()))
+        except Exception:
+            pass
+    return refs
+
+
+def _rg_find(want, frames, objs, ids):
+    """The tracked object or thread frame with id `want`, or None."""
+    for f in frames:
+        if id(f) == want:
+            return f
+    try:
+        return objs[ids.index(want)]
+    except ValueError:
+        return None
+
+
+def _rg_op_referents(agent, req):
+    want = int(req.get('object_id'))
+    parent = req.get('parent')
+    limit = max(1, min(int(req.get('limit') or 200), 5000))
+    cap = max(20, min(int(req.get('cap') or 120), 2000))
+    frames = _rg_stacks(agent)[0]
+    objs = gc.get_objects()
+    ids = list(map(id, objs))
+    obj = _rg_find(want, frames, objs, ids)
+    if obj is None and parent is not None:
+        # Untracked (a dict of atoms, a str): among its parent's referents.
+        p = _rg_find(int(parent), frames, objs, ids)
+        if p is not None:
+            for r in _rg_refs_of(p):
+                if id(r) == want:
+                    obj = r
+                    break
+        p = r = None
+    if obj is None:
+        # Last resort: among the referents of every tracked object.
+        for i in range(0, len(objs), 20000):
+            refs = gc.get_referents(*objs[i:i + 20000])
+            try:
+                obj = refs[list(map(id, refs)).index(want)]
+                break
+            except ValueError:
+                pass
+            refs = None
+            time.sleep(0)  # let the application's threads run
+        refs = None
+    frames = objs = ids = None
+    if obj is None:
+        return {'found': False}
+    refs = _rg_refs_of(obj)
+    uniq = []
+    seen = set()
+    for r in refs:
+        if id(r) not in seen:
+            seen.add(id(r))
+            uniq.append(r)
+    refs = None
+    total = len(uniq)
+    uniq = uniq[:limit]
+    closures = {}
+    if type(obj).__name__ == 'function':
+        try:
+            if obj.__closure__ is not None:
+                closures[id(obj.__closure__)] = obj.__code__.co_freevars
+        except Exception:
+            pass
+    ctx = {'objects': dict([(id(r), r) for r in uniq]), 'closures': closures}
+    try:
+        labels = _rg_label_edges(obj, [id(r) for r in uniq], ctx)
+    except Exception:
+        labels = {}
+    out = []
+    for r in uniq:
+        size, short = _rg_short(r, cap)
+        kind, label = labels.get(id(r), ('unknown', u'?'))
+        out.append({'id': id(r), 'kind': kind, 'label': _rg_cap(label), 'size': size,
+                    'repr': short, 'node': _rg_describe(r, ctx)})
+    size, short = _rg_short(obj, cap)
+    info = {'found': True, 'id': want, 'size': size, 'repr': short,
+            'node': _rg_describe(obj, ctx), 'total': total, 'referents': out}
+    obj = r = uniq = None
+    ctx = None
+    return info
+
+
 EXTRA_OPS['refgraph'] = _rg_op_graph
 EXTRA_OPS['refgraph_labels'] = _rg_op_labels
+EXTRA_OPS['refgraph_referents'] = _rg_op_referents
