@@ -457,6 +457,7 @@ pub fn python_objects(pid: u32, py: &PythonSide, ledger: &mut Ledger, out: &mut 
     let steady = types.iter().any(|t| t.steady);
     let count_delta = types.iter().map(|t| t.count_delta).sum();
     let mut next = vec![format!("memsleuth why {pid} --type {}", lead.name)];
+    next.push(format!("memsleuth view {pid}   (browse instances and what holds them)"));
     next.push(format!("memsleuth growth {pid} --interval 5 --samples 6"));
     out.push(Finding {
         kind: Kind::PythonObjects,
