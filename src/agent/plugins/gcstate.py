@@ -173,12 +173,12 @@ def _gcs_in_cycle(obj, budget):
         o = None
 
 
-def _gcs_garbage_by_type(limit, samples, check_tp_del):
+def _gcs_garbage_by_type(limit, samples, check_tp_del, cap=_gcs_scan_cap):
     g = gc.garbage
     n = len(g)
     classes = {}   # id(cls) -> [cls, count, [samples]]
     scanned = 0
-    while scanned < n and scanned < _gcs_scan_cap:
+    while scanned < n and scanned < cap:
         try:
             o = g[scanned]
         except IndexError:
@@ -232,8 +232,13 @@ def _gcs_op_gc_state(agent, req):
     # it needs ctypes. Not needed on 2.7 (only __del__ and generators count
     # there) nor under DEBUG_SAVEALL (which explains everything).
     check = not PY2 and not out['saveall']
-    out['garbage'] = _gcs_garbage_by_type(limit, samples, check)
-    out['gc_objects'] = len(gc.get_objects())
+    # `scan`: look at the first entries only (doctor, on a budget);
+    # `count_objects`: false skips len(gc.get_objects()).
+    cap = req.get('scan')
+    if not isinstance(cap, int) or cap < 1 or cap > _gcs_scan_cap:
+        cap = _gcs_scan_cap
+    out['garbage'] = _gcs_garbage_by_type(limit, samples, check, cap)
+    out['gc_objects'] = len(gc.get_objects()) if req.get('count_objects', True) else 0
     out['ctypes_loaded_now'] = not had_ctypes and '_ctypes' in sys.modules
     return out
 

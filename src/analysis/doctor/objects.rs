@@ -273,10 +273,17 @@ pub fn garbage(pid: u32, py: &PythonSide, ledger: &mut Ledger, out: &mut Vec<Fin
     } else {
         "objects the collector cannot free".to_string()
     };
-    let what = if names.is_empty() {
-        "objects".to_string()
-    } else {
+    let what = if !names.is_empty() {
         names.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+    } else if !growing.is_empty() {
+        growing
+            .iter()
+            .take(3)
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        "objects".to_string()
     };
     let summary = format!(
         "gc.garbage grows by {} entries ({}): {what}; {cause}",
@@ -457,7 +464,9 @@ pub fn python_objects(pid: u32, py: &PythonSide, ledger: &mut Ledger, out: &mut 
     let steady = types.iter().any(|t| t.steady);
     let count_delta = types.iter().map(|t| t.count_delta).sum();
     let mut next = vec![format!("memsleuth why {pid} --type {}", lead.name)];
-    next.push(format!("memsleuth view {pid}   (browse instances and what holds them)"));
+    next.push(format!(
+        "memsleuth view {pid}   (browse instances and what holds them)"
+    ));
     next.push(format!("memsleuth growth {pid} --interval 5 --samples 6"));
     out.push(Finding {
         kind: Kind::PythonObjects,

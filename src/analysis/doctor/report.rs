@@ -37,6 +37,9 @@ pub struct PythonReport {
     /// of the observation.
     pub gil_s: f64,
     pub gil_share: f64,
+    /// gil_s by part: attach, threads, gc reads, censuses, reprs,
+    /// gc.garbage, allocators, retainer paths, gc.collect.
+    pub gil_by_part: std::collections::BTreeMap<String, f64>,
     pub censuses: usize,
     /// "complete" or "gc_only".
     pub census_mode: String,

@@ -1,8 +1,11 @@
 //! The verdict and the one-line headline.
 
 use super::{Finding, Observation, Verdict, secs};
-use crate::analysis::classify::Signal;
+use crate::analysis::classify::{Signal, trend};
 use crate::render::units;
+
+/// RSS rise tolerated when Python objects could not be compared.
+const UNCOMPARED_RSS_NOISE: u64 = 64 * 1024;
 
 /// Fewer /proc samples than this cannot show a trend.
 const MIN_SAMPLES: usize = 3;
@@ -33,6 +36,24 @@ pub fn verdict(
         .is_some_and(|p| p.census_times.len() >= 2);
     if anon_grows && !compared {
         return Verdict::Inconclusive;
+    }
+    // Python objects were not compared (no agent, or no second census):
+    // "no leak" only if RSS did not rise at all after the agent settled.
+    if !compared {
+        let settled = obs.python.as_ref().map_or(0.0, |p| p.settled_t);
+        let rss: Vec<(f64, u64)> = obs
+            .samples
+            .iter()
+            .filter(|s| s.t >= settled)
+            .map(|s| (s.t, s.status.vm_rss))
+            .collect();
+        if let Some((c, _)) = trend::rising(&rss, UNCOMPARED_RSS_NOISE) {
+            notes.push(format!(
+                "RSS kept rising ({}) while the Python heap could not be compared.",
+                crate::render::units::bytes_delta(c.delta)
+            ));
+            return Verdict::Inconclusive;
+        }
     }
     Verdict::NoLeak
 }
@@ -86,7 +107,7 @@ pub fn headline(obs: &Observation, verdict: Verdict, findings: &[Finding]) -> St
                     .map(|s| format!(" ({})", s.reason))
                     .unwrap_or_default();
                 format!(
-                    "Inconclusive: anonymous memory grows, but the Python heap could not be inspected{why}"
+                    "Inconclusive: memory grows, but the Python heap could not be compared{why}"
                 )
             }
         }

@@ -65,6 +65,11 @@ pub fn investigate(req: &Request, want_svg: bool) -> anyhow::Result<Report> {
         } else {
             0.0
         },
+        gil_by_part: extras
+            .gil_parts
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
         censuses: py.census_times.len(),
         census_mode: extras.census_mode.to_string(),
         census_max_hold_s: extras.census_max_hold_s,

@@ -26,10 +26,10 @@ use crate::commands::gc::call;
 use crate::commands::growth::reprs;
 use crate::commands::types::{CensusRequest, take_census};
 use crate::commands::why::collect as why_collect;
-use crate::render::why::Query as WhyQuery;
 use crate::inject::attach::Attached;
 use crate::process::Process;
 use crate::process::sample::{Sample, Want};
+use crate::render::why::Query as WhyQuery;
 
 /// Most of the observation the target may spend in our code.
 pub const GIL_SHARE: f64 = 0.02;
@@ -37,12 +37,17 @@ pub const GIL_SHARE: f64 = 0.02;
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// Censuses wanted (the first included) when the budget allows.
 const MAX_CENSUSES: usize = 5;
+/// A complete census costs about this many gc-only ones (measured here:
+/// 3 ms vs 32-42 ms on a 10k-object heap).
+const COMPLETE_FACTOR: f64 = 15.0;
 /// gc counters read this often between censuses.
 const GC_EVERY: f64 = 2.0;
 /// Reprs of new objects: types, per type.
 const REPR_TYPES: usize = 3;
 const REPRS_PER_TYPE: usize = 3;
 const WHY_SAMPLES: usize = 10;
+/// gc.garbage entries looked at to tell its types (a sample of a big one).
+const GARBAGE_SCAN: u64 = 20_000;
 const WHY_DEPTH: usize = 30;
 
 pub struct Settings {
@@ -62,6 +67,21 @@ pub struct Extras {
     pub census_max_hold_s: f64,
     pub collect: Option<CollectRaw>,
     pub why: Option<crate::render::why::WhyReport>,
+    /// GIL time by part of the investigation (attach, censuses, ...).
+    pub gil_parts: std::collections::BTreeMap<&'static str, f64>,
+}
+
+/// Runs `f` and books the session's GIL time it caused under `part`.
+fn booked<T>(
+    s: &mut Session,
+    parts: &mut std::collections::BTreeMap<&'static str, f64>,
+    part: &'static str,
+    f: impl FnOnce(&mut Session) -> T,
+) -> T {
+    let before = s.gil_total_s;
+    let out = f(s);
+    *parts.entry(part).or_default() += (s.gil_total_s - before).max(0.0);
+    out
 }
 
 /// Thread names from /proc (for thread findings without the agent).
@@ -271,7 +291,9 @@ fn watch(
     extras: &mut Extras,
 ) -> anyhow::Result<()> {
     let duration = settings.duration;
-    let budget = duration * GIL_SHARE;
+    // Plan to 90% of the share: the parts that always run (the first
+    // census, gc and thread reads) cannot be known in advance.
+    let budget = duration * GIL_SHARE * 0.9;
     extras.method = Some(attached.method.to_string());
     extras.attach_s = attached.attach_s;
     let s = &mut attached.session;
@@ -282,14 +304,17 @@ fn watch(
         ..Default::default()
     };
     let since = |at: Instant| at.saturating_duration_since(t0).as_secs_f64();
-    py.threads_first = threads(s)?;
-    let gc = |s: &mut Session, py: &mut PythonSide| -> anyhow::Result<()> {
+    extras.gil_parts.insert("attach", s.gil_total_s);
+    py.threads_first = booked(s, &mut extras.gil_parts, "threads", threads)?;
+    let gc = |s: &mut Session, py: &mut PythonSide, extras: &mut Extras| -> anyhow::Result<()> {
         let t = since(Instant::now());
-        let b: GcBasics = call(s, "gc_sample", Value::Null)?;
+        let b: GcBasics = booked(s, &mut extras.gil_parts, "gc reads", |s| {
+            call(s, "gc_sample", Value::Null)
+        })?;
         py.gc.push((t, b));
         Ok(())
     };
-    gc(s, &mut py)?;
+    gc(s, &mut py, extras)?;
 
     // The GIL ledger: what each request kept the target in our code. For
     // censuses the agent's own hold total (the request's wall time also
@@ -299,7 +324,7 @@ fn watch(
 
     // The first census is gc-only (cheap), to learn what one costs here;
     // complete censuses (which also count str, int, ... through the tracked
-    // objects' referents) take about five times as long, so they are used
+    // objects' referents) take about COMPLETE_FACTOR times as long, so they are used
     // only when the budget has room for a whole series of them.
     let mut req = CensusRequest {
         gc_only: true,
@@ -310,7 +335,8 @@ fn watch(
     let mut times: Vec<f64> = Vec::new();
     let measure = |s: &mut Session,
                    req: CensusRequest,
-                   over: &mut f64|
+                   over: &mut f64,
+                   extras: &mut Extras|
      -> anyhow::Result<(Census, f64, f64)> {
         let before = s.gil_total_s;
         let t = since(Instant::now());
@@ -326,9 +352,10 @@ fn watch(
             asked
         };
         *over += (asked - cost).max(0.0);
+        *extras.gil_parts.entry("censuses").or_default() += cost;
         Ok((c, t, cost.max(1e-4)))
     };
-    let (c, t, gc_cost) = measure(s, req, &mut over)?;
+    let (c, t, gc_cost) = measure(s, req, &mut over, extras)?;
     let mut cost = gc_cost;
     extras.census_max_hold_s = c.stats.max_hold_s;
     censuses.push(c);
@@ -336,11 +363,16 @@ fn watch(
     done.store(1, Ordering::Relaxed);
     // What is left, after reserving the retainer walk (about three gc-only
     // censuses) and the closing reads.
-    let reserve = 3.0 * gc_cost + 0.01;
+    // A large process may be large because its allocators keep freed
+    // memory: keep room to read them at the end.
+    let big = proc
+        .status()
+        .is_ok_and(|st| st.vm_rss >= crate::analysis::doctor::MIN_RETAINED);
+    let reserve = 3.0 * gc_cost + 0.01 + if big { 0.03 } else { 0.0 };
     let room = |s: &Session, over: f64| budget - spent(s, over) - reserve;
-    if room(s, over) >= (MAX_CENSUSES as f64) * 5.0 * gc_cost {
+    if room(s, over) >= (MAX_CENSUSES as f64) * COMPLETE_FACTOR * gc_cost {
         req.gc_only = false;
-        let (c, t, c_cost) = measure(s, req, &mut over)?;
+        let (c, t, c_cost) = measure(s, req, &mut over, extras)?;
         cost = c_cost;
         extras.census_mode = "complete";
         extras.census_max_hold_s = extras.census_max_hold_s.max(c.stats.max_hold_s);
@@ -376,7 +408,7 @@ fn watch(
         let gc_due = next_gc < last_at && next_census.is_none_or(|c| next_gc < c);
         if gc_due {
             wait_until(next_gc);
-            gc(s, &mut py)?;
+            gc(s, &mut py, extras)?;
             next_gc += Duration::from_secs_f64(GC_EVERY);
             continue;
         }
@@ -392,7 +424,7 @@ fn watch(
             continue;
         }
         wait_until(at);
-        let (c, t, c_cost) = measure(s, req, &mut over)?;
+        let (c, t, c_cost) = measure(s, req, &mut over, extras)?;
         cost = cost.max(c_cost);
         extras.census_max_hold_s = extras.census_max_hold_s.max(c.stats.max_hold_s);
         // Only the first and the latest keep their ids.
@@ -409,7 +441,7 @@ fn watch(
     // The closing reads (gc.garbage, threads, allocators, the reference
     // graph) allocate in the target: anonymous growth is judged before them.
     py.closing_t = since(Instant::now());
-    gc(s, &mut py)?;
+    gc(s, &mut py, extras)?;
     if censuses.len() < 2 {
         obs.skipped.push(Skipped {
             part: "censuses".into(),
@@ -449,7 +481,13 @@ fn watch(
                 owner.push(ri);
             }
         }
-        let (found, _) = reprs(s, &wanted, req.gc_only)?;
+        let (found, _) = if room(s, over) >= cost {
+            booked(s, &mut extras.gil_parts, "reprs", |s| {
+                reprs(s, &wanted, req.gc_only)
+            })?
+        } else {
+            (Vec::new(), 0.0)
+        };
         for obj in found {
             if let Some(k) = wanted.iter().position(|(id, _)| *id == obj.id) {
                 rows[owner[k]].new_objects.push(obj);
@@ -461,14 +499,42 @@ fn watch(
     py.rows = rows;
     drop(censuses);
 
-    let last_gc: GcStateRaw = call(s, "gc_state", json!({"type_limit": 20}))?;
-    py.garbage = Some(last_gc.garbage);
-    py.threads_last = threads(s)?;
+    // gc.garbage by type: only when there is garbage to explain, and the
+    // scan (about a microsecond per entry) fits.
+    let garbage = py.gc.last().map_or(0, |(_, b)| b.garbage_len);
+    if garbage > 0 {
+        let scan = garbage.min(GARBAGE_SCAN);
+        if room(s, over) + reserve >= 0.005 + scan as f64 * 2e-6 {
+            let last_gc: GcStateRaw = booked(s, &mut extras.gil_parts, "gc.garbage", |s| {
+                call(
+                    s,
+                    "gc_state",
+                    json!({"type_limit": 20, "scan": GARBAGE_SCAN, "count_objects": false}),
+                )
+            })?;
+            py.garbage = Some(last_gc.garbage);
+        } else {
+            obs.skipped.push(Skipped {
+                part: "gc.garbage by type".into(),
+                reason: format!(
+                    "scanning {garbage} entries would take the target past {:.0}% of the \
+                     observation in our code; run `memsleuth gc {}`",
+                    GIL_SHARE * 100.0,
+                    obs.pid
+                ),
+            });
+        }
+    }
+    py.threads_last = booked(s, &mut extras.gil_parts, "threads", threads)?;
 
     // The allocators' figures only when they can matter: anonymous growth
     // to attribute, or a large process to explain. (Reading them loads
     // ctypes into the target.)
-    let so_far: Vec<Sample> = samples.lock().map(|v| v.clone()).unwrap_or_default();
+    let settled = py.settled_t;
+    let so_far: Vec<Sample> = samples
+        .lock()
+        .map(|v| v.iter().filter(|x| x.t >= settled).cloned().collect())
+        .unwrap_or_default();
     let anon = classify::classify(&so_far)
         .iter()
         .any(|g| matches!(g, classify::Signal::AnonGrowth { .. }));
@@ -476,7 +542,7 @@ fn watch(
     // Reading them imports ctypes and runs sys._debugmallocstats(): a few
     // tens of ms, within the budget only.
     let native_cost = 0.03f64.max(cost);
-    let affordable = budget - spent(s, over) >= native_cost + 3.0 * cost;
+    let affordable = budget - spent(s, over) >= native_cost;
     if (anon || rss >= crate::analysis::doctor::MIN_RETAINED) && !affordable {
         obs.skipped.push(Skipped {
             part: "allocator figures".into(),
@@ -488,7 +554,10 @@ fn watch(
             ),
         });
     } else if anon || rss >= crate::analysis::doctor::MIN_RETAINED {
-        let raw: crate::analysis::allocator::NativeRaw = call(s, "native_state", json!({}))?;
+        let raw: crate::analysis::allocator::NativeRaw =
+            booked(s, &mut extras.gil_parts, "allocators", |s| {
+                call(s, "native_state", json!({}))
+            })?;
         py.allocator = Some(AllocatorState {
             pymalloc: raw
                 .debugmallocstats
@@ -508,7 +577,11 @@ fn watch(
                 samples: WHY_SAMPLES,
                 depth: WHY_DEPTH,
             };
-            match why_collect(attached, &q) {
+            let before = attached.session.gil_total_s;
+            let walked = why_collect(attached, &q);
+            *extras.gil_parts.entry("retainer paths").or_default() +=
+                (attached.session.gil_total_s - before).max(0.0);
+            match walked {
                 Ok(w) => py.why = Some(w),
                 Err(e) => obs.skipped.push(Skipped {
                     part: "retainer paths".into(),
@@ -530,7 +603,9 @@ fn watch(
     }
     let s = &mut attached.session;
     if settings.allow_collect {
-        extras.collect = Some(call(s, "gc_collect", json!({"type_limit": 10}))?);
+        extras.collect = Some(booked(s, &mut extras.gil_parts, "gc.collect", |s| {
+            call(s, "gc_collect", json!({"type_limit": 10}))
+        })?);
     }
     extras.why = py.why.clone();
     extras.gil_s = spent(&attached.session, over);

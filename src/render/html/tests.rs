@@ -103,6 +103,7 @@ fn report(findings: Vec<Finding>, series: Series, type_series: Vec<TypeSeries>) 
             attach_s: 0.09,
             gil_s: 0.144,
             gil_share: 0.018,
+            gil_by_part: Default::default(),
             censuses: 2,
             census_mode: "gc_only".into(),
             census_max_hold_s: 0.012,
