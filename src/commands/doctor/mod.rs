@@ -13,6 +13,7 @@ use crate::cli::{AttachArgs, DoctorArgs};
 
 pub mod observe;
 mod progress;
+mod session;
 
 /// Everything `doctor` and `demo` share: options in, report out.
 pub struct Request<'a> {
