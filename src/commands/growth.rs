@@ -70,6 +70,52 @@ struct Taken {
 }
 
 /// Asks the agent for short reprs of the given (id, acceptable type ids).
+/// Ids (with their acceptable type ids) of up to `per_type` objects of each
+/// of the first `types` steady growers that are new since `first`, and the
+/// row each belongs to.
+pub(crate) fn new_object_requests(
+    rows: &[GrowthRow],
+    first: &Census,
+    last: &Census,
+    types: usize,
+    per_type: usize,
+) -> (Vec<(u64, Vec<u64>)>, Vec<usize>) {
+    let mut wanted = Vec::new();
+    let mut owner = Vec::new();
+    for (ri, r) in rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.monotonic)
+        .take(types)
+    {
+        for id in new_ids(first, last, &r.name, per_type) {
+            wanted.push((id, r.object_tids.clone()));
+            owner.push(ri);
+        }
+    }
+    (wanted, owner)
+}
+
+/// Files the reprs the agent found under the rows they were asked for.
+pub(crate) fn file_new_objects(
+    rows: &mut [GrowthRow],
+    wanted: &[(u64, Vec<u64>)],
+    owner: &[usize],
+    found: Vec<NewObject>,
+) {
+    for (i, obj) in found.into_iter().enumerate() {
+        if let Some(ri) = wanted
+            .iter()
+            .position(|(id, _)| *id == obj.id)
+            .map(|k| owner[k])
+            .or_else(|| owner.get(i).copied())
+            && let Some(row) = rows.get_mut(ri)
+        {
+            row.new_objects.push(obj);
+        }
+    }
+}
+
 pub(crate) fn reprs(
     session: &mut Session,
     wanted: &[(u64, Vec<u64>)],
@@ -147,31 +193,11 @@ pub fn run(args: &GrowthArgs) -> CmdResult {
         // Sample new objects of the top steady growers.
         let first = &censuses[0];
         let last = &censuses[censuses.len() - 1];
-        let mut wanted: Vec<(u64, Vec<u64>)> = Vec::new();
-        let mut owner: Vec<usize> = Vec::new();
-        for (ri, r) in rows
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.monotonic)
-            .take(SAMPLED_TYPES)
-        {
-            for id in new_ids(first, last, &r.name, SAMPLES_PER_TYPE) {
-                wanted.push((id, r.object_tids.clone()));
-                owner.push(ri);
-            }
-        }
+        let (wanted, owner) =
+            new_object_requests(&rows, first, last, SAMPLED_TYPES, SAMPLES_PER_TYPE);
         let (found, hold) = reprs(session, &wanted, args.gc_only)?;
         max_hold_s = max_hold_s.max(hold);
-        for (i, obj) in found.into_iter().enumerate() {
-            if let Some(ri) = wanted
-                .iter()
-                .position(|(id, _)| *id == obj.id)
-                .map(|k| owner[k])
-                .or_else(|| owner.get(i).copied())
-            {
-                rows[ri].new_objects.push(obj);
-            }
-        }
+        file_new_objects(&mut rows, &wanted, &owner, found);
         for c in &mut censuses {
             c.ids = None;
         }

@@ -13,14 +13,14 @@ use super::observe::{
     REPRS_PER_TYPE, Settings, WHY_DEPTH, WHY_SAMPLES, wait_until,
 };
 use crate::agent::{Session, SessionError};
-use crate::analysis::census::{Census, CensusBuilder, growth_rows, new_ids};
+use crate::analysis::census::{Census, CensusBuilder, growth_rows};
 use crate::analysis::classify;
 use crate::analysis::doctor::{
     AllocatorState, Observation, PythonSide, Skipped, ThreadInfo, why_candidate,
 };
 use crate::analysis::gcstate::{GcBasics, GcStateRaw};
 use crate::commands::gc::call;
-use crate::commands::growth::reprs;
+use crate::commands::growth::{file_new_objects, new_object_requests, reprs};
 use crate::commands::types::{CensusRequest, take_census};
 use crate::commands::why::collect as why_collect;
 use crate::inject::attach::Attached;
@@ -271,19 +271,7 @@ pub(super) fn watch(
     if let (Some(first), Some(last)) = (censuses.first(), censuses.last())
         && censuses.len() >= 2
     {
-        let mut wanted: Vec<(u64, Vec<u64>)> = Vec::new();
-        let mut owner: Vec<usize> = Vec::new();
-        for (ri, r) in rows
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.monotonic)
-            .take(REPR_TYPES)
-        {
-            for id in new_ids(first, last, &r.name, REPRS_PER_TYPE) {
-                wanted.push((id, r.object_tids.clone()));
-                owner.push(ri);
-            }
-        }
+        let (wanted, owner) = new_object_requests(&rows, first, last, REPR_TYPES, REPRS_PER_TYPE);
         let (found, _) = if room(s, over) >= cost {
             booked(s, &mut extras.gil_parts, "reprs", |s| {
                 reprs(s, &wanted, req.gc_only)
@@ -291,11 +279,7 @@ pub(super) fn watch(
         } else {
             (Vec::new(), 0.0)
         };
-        for obj in found {
-            if let Some(k) = wanted.iter().position(|(id, _)| *id == obj.id) {
-                rows[owner[k]].new_objects.push(obj);
-            }
-        }
+        file_new_objects(&mut rows, &wanted, &owner, found);
     }
     py.census_bytes = censuses.iter().map(|c| c.size).collect();
     py.census_times = times;
