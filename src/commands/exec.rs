@@ -40,6 +40,7 @@ pub fn run(args: &ExecArgs) -> CmdResult {
     let t = std::time::Instant::now();
     let result = attached.session.exec(&code, ExecMode::Exec);
     let exec_s = t.elapsed().as_secs_f64();
+    crate::inject::trace::trace(format_args!("exec answered"));
     let method = attached.method.clone();
     let attach_s = attached.attach_s;
     let session_dir = attached.session_dir.clone();

@@ -17,6 +17,7 @@ use super::pep768::{self, Pep768Request, Pep768Status};
 use super::preflight::{self, PreflightError};
 use super::ptrace::PtraceError;
 use super::ptrace_path::{self, PtraceMethod, PtraceRequest};
+use super::trace::trace;
 use crate::agent::session::{Listener, Session, SessionError};
 use crate::process::users;
 
@@ -139,9 +140,12 @@ const PEP768_BUSY_WAIT: Duration = Duration::from_millis(1500);
 
 pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
     let started = Instant::now();
+    trace(format_args!("pid {pid}: attach"));
     let target = preflight::check(pid)?;
+    trace(format_args!("pid {pid}: preflight done"));
     let mut listener = Listener::prepare(&target.proc, target.uid, target.gid)?;
     let code = listener.bootstrap_code(users::our_uid());
+    trace(format_args!("pid {pid}: listening, bootstrap rendered"));
     let mut notes = Vec::new();
     let deadline = started + opts.timeout;
 
@@ -187,6 +191,7 @@ pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
             }
         }
     };
+    trace(format_args!("pid {pid}: connected ({method})"));
     let session_dir = listener.dir_in_target().to_string();
     let session = match listener.into_session() {
         Ok(s) => s,
@@ -197,6 +202,7 @@ pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
             return Err(e.into());
         }
     };
+    trace(format_args!("pid {pid}: hello received"));
     Ok(Attached {
         session,
         method,
@@ -227,7 +233,9 @@ fn try_pep768(
             "runs a Python older than 3.14".into(),
         ));
     }
-    match pep768::status(proc, py)? {
+    let status = pep768::status(proc, py)?;
+    trace(format_args!("PEP 768 status read"));
+    match status {
         Pep768Status::Enabled { .. } => {}
         Pep768Status::DisabledInTarget => {
             return Ok(Pep768Outcome::Skipped(
@@ -266,6 +274,10 @@ fn try_pep768(
             Err(pep768::Pep768Error::AlreadyPending { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
+        trace(format_args!(
+            "PEP 768 request scheduled on {}",
+            scheduled.native_tid
+        ));
         tried.push(scheduled.native_tid);
         // A thread seen running Python picks the request up at its next
         // eval-breaker check; on a loaded machine that can take a while, so

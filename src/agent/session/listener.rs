@@ -18,6 +18,7 @@ use super::{
 use crate::agent::protocol::{
     self, Caps, Frame, Hello, LoadHeader, LoadOptions, ProtocolError, Response,
 };
+use crate::inject::trace::trace;
 use crate::process::Process;
 
 fn random_bytes(n: usize) -> io::Result<Vec<u8>> {
@@ -383,6 +384,7 @@ impl Listener {
             },
             e => SessionError::Protocol(e),
         })?;
+        trace(format_args!("load frame sent"));
         let frame = match protocol::read_frame(&mut stream, Caps::FROM_TARGET) {
             Ok(f) => f,
             Err(ProtocolError::Closed) => return Err(refused_silently()),

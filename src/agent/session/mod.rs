@@ -25,6 +25,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
+use crate::inject::trace::trace;
+
 use super::protocol::{
     self, Caps, CompileCheck, Completions, EvalResult, ExecMode, ExecResult, Frame, Hello, Pong,
     ProtocolError, RemoteError, Response,
@@ -328,12 +330,16 @@ impl Session {
                 error: resp.error.unwrap_or_default(),
             });
         }
+        trace(format_args!("detach answered"));
         // Wait for the hang-up that ends the agent's cleanup.
         self.apply_timeout(Some(timeout.unwrap_or(DETACH_EOF_TIMEOUT)))?;
         let mut buf = [0u8; 256];
         loop {
             match self.stream.read(&mut buf) {
-                Ok(0) => return Ok(()),
+                Ok(0) => {
+                    trace(format_args!("agent hung up"));
+                    return Ok(());
+                }
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
