@@ -207,6 +207,19 @@ def _is_identifier(s):
     return True
 
 
+def _native_tid():
+    """This thread's kernel thread id as the target sees it (its own pid
+    namespace), or None."""
+    f = getattr(_thread_mod, 'get_native_id', None)
+    try:
+        if f is not None:
+            return f()
+        # 2.7-3.7: /proc/thread-self -> "PID/task/TID".
+        return int(os.readlink('/proc/thread-self').rsplit('/', 1)[1])
+    except Exception:
+        return None
+
+
 def _stdlib_dirs():
     dirs = []
     for d in (getattr(sys, '_stdlib_dir', None), os.path.dirname(getattr(os, '__file__', '') or '')):
@@ -349,6 +362,7 @@ class _Agent(object):
             'stdout_proxy': self.out_proxy is not None,
             'stderr_proxy': self.err_proxy is not None,
             'agent_thread': self.ident,
+            'agent_tid': _native_tid(),
         }
 
     def run(self):
@@ -483,35 +497,20 @@ class _Agent(object):
             pass
         self.params = None
         self.orig_out = self.orig_err = self.orig_hook = None
-        try:
-            self.retire_proxies()
-        except BaseException:
-            pass
-        # Last: the tool takes the hang-up as "cleanup finished".
+        proxies = [p for p in (self.out_proxy, self.err_proxy, self.hook_proxy) if p is not None]
+        self.out_proxy = self.err_proxy = self.hook_proxy = None
+        # The tool takes the hang-up as "cleanup finished": everything is
+        # restored, and the socket is the last of our resources to go.
         try:
             self.sock.close()
         except BaseException:
             pass
         self.sock = None
-
-    def retire_proxies(self):
-        """Lets go of the proxies without freeing them under another thread.
-
-        print() (and PySys_WriteStdout, PRINT_EXPR, ...) hold sys.stdout as a
-        *borrowed* reference across calls that can switch threads (a later
-        argument's __str__, the write itself): cpython#130163. If our
-        reference were the last one, restoring sys.stdout and dropping the
-        proxy could free it under a print in flight: a crash in the target.
-        So we keep it for a grace period (GIL released), then leave it in a
-        reference cycle, so only the cyclic GC frees it, well after any
-        print that fetched it has finished."""
-        proxies = [p for p in (self.out_proxy, self.err_proxy, self.hook_proxy) if p is not None]
-        self.out_proxy = self.err_proxy = self.hook_proxy = None
-        if not proxies:
-            return
-        time.sleep(RETIRE_GRACE_S)
-        for p in proxies:
-            p.__dict__['_ms_retired'] = p
+        # What is left is this thread, asleep, and the proxies it holds.
+        try:
+            _retire(proxies)
+        except BaseException:
+            pass
 
     def classify_modules(self):
         """(to remove, to keep) among the modules imported while we ran.
@@ -708,13 +707,42 @@ class _Agent(object):
         return {'time': time.time()}
 
     def op_detach(self, req):
-        # Cleanup runs after this answer is sent; say what it will keep.
-        return {'detached': True, 'kept_modules': [_text(m) for m in self.classify_modules()[1]]}
+        # Cleanup runs after this answer is sent; say what it will keep, and
+        # how long this thread stays after the hang-up (see _retire).
+        proxies = [p for p in (self.out_proxy, self.err_proxy, self.hook_proxy) if p is not None]
+        return {
+            'detached': True,
+            'kept_modules': [_text(m) for m in self.classify_modules()[1]],
+            'retire_s': RETIRE_GRACE_S if proxies else 0.0,
+        }
 
 
 # name -> fn(agent, request): filled by the plugin sources (heap census, gc,
 # ...) that the tool appends to this file before sending it.
 EXTRA_OPS = {}
+
+
+def _retire(proxies):
+    """Lets go of the proxies without freeing them under another thread.
+
+    print() (and PySys_WriteStdout, PRINT_EXPR, ...) hold sys.stdout as a
+    *borrowed* reference across calls that can switch threads (a later
+    argument's __str__, the write itself): cpython#130163. If our reference
+    were the last one, restoring sys.stdout and dropping the proxy could free
+    it under a print in flight: a crash in the target. So they are kept for a
+    grace period (GIL released), then left in a reference cycle, so only the
+    cyclic GC frees them, well after any print that fetched them has
+    finished.
+
+    This runs after the session has ended (socket closed, everything
+    restored): the tool does not wait for it, and a new agent may start
+    meanwhile (the bootstrap tells a thread in here from a live agent by
+    this function's name)."""
+    if not proxies:
+        return
+    time.sleep(RETIRE_GRACE_S)
+    for p in proxies:
+        p.__dict__['_ms_retired'] = p
 
 
 def main(sock, params):

@@ -16,7 +16,8 @@
 # The thread connects to the tool's Unix socket, checks that the peer runs as
 # the tool's uid (SO_PEERCRED), reads the load frame (4-byte big-endian length,
 # JSON header line, payload = agent source), checks the token, refuses when an
-# agent is already running here, then runs the agent in a fresh dict (not in
+# agent is already running here (one that is only retiring after its session
+# does not count), then runs the agent in a fresh dict (not in
 # sys.modules) and calls its main(sock, params).
 try:
     import sys
@@ -70,14 +71,23 @@ try:
         return b[off + 3] | (b[off + 2] << 8) | (b[off + 1] << 16) | (b[off] << 24)
 
     def _agent_running():
-        # A live agent is a thread inside the agent's main(). (Other frames
-        # from AGENT_FILE can be a leftover proxy's write, called by a thread
-        # printing through a wrapper that kept it.)
+        # A live agent is a thread inside the agent's main(), unless it is in
+        # _retire: that one has ended its session (everything restored, its
+        # socket closed) and only waits to let go of its old proxies. (Other
+        # frames from AGENT_FILE can be a leftover proxy's write, called by a
+        # thread printing through a wrapper that kept it.)
         for f in sys._current_frames().values():
+            live = False
             while f is not None:
-                if f.f_code.co_filename == AGENT_FILE and f.f_code.co_name == 'main':
-                    return True
+                if f.f_code.co_filename == AGENT_FILE:
+                    if f.f_code.co_name == '_retire':
+                        live = False
+                        break
+                    if f.f_code.co_name == 'main':
+                        live = True
                 f = f.f_back
+            if live:
+                return True
         return False
 
     def _refuse(s, why):

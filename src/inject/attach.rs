@@ -39,6 +39,9 @@ pub struct AttachOptions {
     /// How long to wait for the interpreter to run our bootstrap.
     pub timeout: Duration,
     pub method: MethodChoice,
+    /// At detach, also wait for the agent's thread to end (it stays asleep
+    /// up to half a second after the session, see [`Attached::detach`]).
+    pub wait_detach: bool,
 }
 
 impl Default for AttachOptions {
@@ -46,6 +49,7 @@ impl Default for AttachOptions {
         AttachOptions {
             timeout: Duration::from_secs(5),
             method: MethodChoice::Auto,
+            wait_detach: false,
         }
     }
 }
@@ -113,18 +117,28 @@ pub struct Attached {
     pub session_dir: String,
     target: preflight::Target,
     leftover_page: Option<(u64, usize)>,
+    wait_detach: bool,
 }
 
 impl Attached {
-    /// Ends the session: the agent restores everything and its thread ends;
-    /// then our scratch page (pending-call path) is unmapped.
+    /// Ends the session: the agent restores everything, closes its socket
+    /// and removes what it imported; then our scratch page (pending-call
+    /// path) is unmapped. The agent's thread may stay asleep a little longer
+    /// (up to `RETIRE_GRACE_S`, half a second), holding only the stdout and
+    /// stderr proxies it replaced, so that a print() in flight in another
+    /// thread cannot use a freed proxy (cpython#130163); then it ends by
+    /// itself. With `wait_detach`, this also waits for that.
     pub fn detach(mut self) -> Result<(), AttachError> {
         let page = self.leftover_page.take();
         let session_result = self.session.detach();
         if let Some(page) = page {
             ptrace_path::unmap_leftover(&self.target.proc, &self.target.python, page)?;
         }
-        session_result?;
+        let detached = session_result?;
+        if self.wait_detach && detached.retire > Duration::ZERO {
+            wait_agent_thread_gone(&self.target.proc, &detached);
+            trace(format_args!("agent thread gone"));
+        }
         Ok(())
     }
 
@@ -212,7 +226,52 @@ pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
         session_dir,
         target,
         leftover_page,
+        wait_detach: opts.wait_detach,
     })
+}
+
+/// Waits until the agent's thread has ended, at most its retire time plus
+/// a second (a loaded machine may be late to run it). Without a thread id,
+/// or one that cannot be found, waits the retire time plus a margin.
+fn wait_agent_thread_gone(proc: &crate::process::Process, d: &crate::agent::session::Detached) {
+    let limit = d.retire + Duration::from_secs(1);
+    let started = Instant::now();
+    let Some(tid) = d.agent_tid.and_then(|t| host_tid(proc, t)) else {
+        std::thread::sleep(d.retire + Duration::from_millis(50));
+        return;
+    };
+    let task = proc.path(&format!("task/{tid}"));
+    while task.exists() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The host id of thread `ns_tid` (an id in the target's own pid namespace):
+/// the task whose `NSpid:` ends with it; the same id where the kernel shows
+/// no NSpid.
+fn host_tid(proc: &crate::process::Process, ns_tid: u32) -> Option<u32> {
+    let dir = std::fs::read_dir(proc.path("task")).ok()?;
+    let mut saw_nspid = false;
+    for entry in dir.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let Some(line) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) else {
+            continue;
+        };
+        saw_nspid = true;
+        if line.split_whitespace().last().and_then(|v| v.parse().ok()) == Some(ns_tid) {
+            return Some(tid);
+        }
+    }
+    (!saw_nspid && proc.path(&format!("task/{ns_tid}")).exists()).then_some(ns_tid)
 }
 
 enum Pep768Outcome {

@@ -415,6 +415,10 @@ pub struct Hello {
     /// The agent thread's `get_ident()`.
     #[serde(default)]
     pub agent_thread: u64,
+    /// The agent thread's kernel thread id as the target sees it (in its own
+    /// pid namespace), when the agent could tell.
+    #[serde(default)]
+    pub agent_tid: Option<u32>,
     /// Time the agent spent starting (imports, proxies), in seconds.
     #[serde(default)]
     pub gil_s: f64,

@@ -312,12 +312,15 @@ impl Session {
     }
 
     /// Tells the agent to restore everything and end, and waits until it
-    /// has (it hangs up as the last step of its cleanup).
-    pub fn detach(mut self) -> Result<()> {
+    /// has restored everything (it hangs up as the last step of its cleanup).
+    /// Its thread then stays asleep for [`Detached::retire`] at most, holding
+    /// only the stdout/stderr proxies it replaced (see `_retire` in
+    /// agent.py), and ends: [`Detached`] says how to wait for that.
+    pub fn detach(mut self) -> Result<Detached> {
         self.detach_inner(None)
     }
 
-    fn detach_inner(&mut self, timeout: Option<Duration>) -> Result<()> {
+    fn detach_inner(&mut self, timeout: Option<Duration>) -> Result<Detached> {
         if let Some(t) = timeout {
             self.timeout = Some(t);
             self.apply_timeout(Some(t))?;
@@ -331,6 +334,16 @@ impl Session {
             });
         }
         trace(format_args!("detach answered"));
+        let retire = resp
+            .result
+            .get("retire_s")
+            .and_then(Value::as_f64)
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s.min(60.0)));
+        let detached = Detached {
+            agent_tid: self.hello.agent_tid,
+            retire,
+        };
         // Wait for the hang-up that ends the agent's cleanup.
         self.apply_timeout(Some(timeout.unwrap_or(DETACH_EOF_TIMEOUT)))?;
         let mut buf = [0u8; 256];
@@ -338,15 +351,26 @@ impl Session {
             match self.stream.read(&mut buf) {
                 Ok(0) => {
                     trace(format_args!("agent hung up"));
-                    return Ok(());
+                    return Ok(detached);
                 }
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(detached),
                 Err(e) => return Err(self.fail("detach", normalize(ProtocolError::Io(e)))),
             }
         }
     }
+}
+
+/// What is left of an agent after [`Session::detach`]: its thread, asleep
+/// for `retire` at most before it ends (nothing else: the target is
+/// restored and the socket is closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detached {
+    /// The agent thread's id in the target's own pid namespace, if known.
+    pub agent_tid: Option<u32>,
+    /// How long the thread stays after the hang-up (0: it ends at once).
+    pub retire: Duration,
 }
 
 fn normalize(e: ProtocolError) -> ProtocolError {
