@@ -239,6 +239,7 @@ impl AttachArgs {
             timeout: std::time::Duration::from_secs_f64(self.timeout),
             method: self.method,
             wait_detach: self.wait_detach,
+            pipeline: Vec::new(),
         }
     }
 }

@@ -1,24 +1,26 @@
 """memsleuth agent: runs on its own thread inside the target process.
 
-Loaded by the bootstrap into a fresh dict named `_memsleuth_agent` (never in
-sys.modules) and started with main(sock, params). Stdlib only, one source for
-Python 2.7 and 3.6-3.15. It serves requests from the tool over the socket
-(blocking in recv, which releases the GIL) and leaves nothing behind when the
-session ends, however it ends.
+Compiled and run by the bootstrap (where the injector got in) in a fresh
+dict named `_memsleuth_agent` (never in sys.modules); main(sock, params) runs
+on a thread of its own. Stdlib only, one source for Python 2.7 and 3.6-3.15.
+It serves requests from the tool over the socket (blocking in recv, which
+releases the GIL) and leaves nothing behind when the session ends, however it
+ends.
 
 Frames: 4-byte big-endian length, a JSON header line, an optional payload.
-Requests carry an `id`; responses echo it with `ok`, `gil_s` (wall time spent
-in Python for this request) and `result` or `error` ({type, message,
-traceback}). Ops: exec, eval, complete, compile_check, ping, detach; and an
-unsolicited `hello` right after start.
+The tool's first frame is `load` (the session token and options): nothing
+changes in the target before its token checks out. Then the agent says
+`hello`, unsolicited. Requests carry an `id`; responses echo it with `ok`,
+`gil_s` (wall time spent in Python for this request) and `result` or `error`
+({type, message, traceback}). Ops: exec, eval, complete, compile_check,
+ping, detach, load_plugin. The tool may send requests before the hello
+arrives (they are read in order).
 """
 
 import sys
 import time
 
 _clock = getattr(time, 'perf_counter', time.time)
-# Start of the agent's own work (its imports count towards hello's gil_s).
-_T_LOAD = _clock()
 
 import gc  # noqa: E402
 import os  # noqa: E402
@@ -220,6 +222,19 @@ def _native_tid():
         return None
 
 
+def _set_socket_timeouts(sock, seconds):
+    """SO_RCVTIMEO and SO_SNDTIMEO (0: none). Unlike sock.settimeout, this
+    keeps the socket in blocking mode and does not release the GIL."""
+    import _socket
+    size = 8 if sys.maxsize > 2 ** 32 else 4
+    tv = bytearray(2 * size)
+    v = int(seconds)
+    for i in range(size):
+        tv[i if sys.byteorder == 'little' else size - 1 - i] = (v >> (8 * i)) & 255
+    for opt, default in (('SO_RCVTIMEO', 20), ('SO_SNDTIMEO', 21)):
+        sock.setsockopt(_socket.SOL_SOCKET, getattr(_socket, opt, default), bytes(tv))
+
+
 def _stdlib_dirs():
     dirs = []
     for d in (getattr(sys, '_stdlib_dir', None), os.path.dirname(getattr(os, '__file__', '') or '')):
@@ -235,9 +250,23 @@ class _AgentError(Exception):
 class _Agent(object):
 
     def __init__(self, sock, params):
-        self.t_start = _T_LOAD
         self.sock = sock
         self.params = params
+        # Bytes received and not yet parsed into frames (the bootstrap may
+        # have read the first ones already).
+        self.rbuf = params.get('rbuf') or b''
+        # Bytes to send before the next frame (a hello held back to go out
+        # with the first answer).
+        self.wbuf = b''
+        # A lock the bootstrap's thread waits on (without the GIL, briefly)
+        # while we answer the first requests: see open_gate.
+        self.gate = params.get('gate')
+        # time.monotonic() stamps for a tracing tool (None: not taken).
+        mono = getattr(time, 'monotonic', None)
+        self.mono = mono
+        self.marks = params.get('marks') if mono is not None else None
+        self.trace = False
+        self.mark('agent thread')
         self.ident = _get_ident()
         before = params.get('modules_before')
         if not before:
@@ -257,35 +286,79 @@ class _Agent(object):
         self.orig_err = None
         self.orig_hook = None
         self.linecache_before = None
+        self.restored = False
 
     # -- wire -------------------------------------------------------------
 
-    def _recv_exact(self, n):
-        chunks = []
-        while n > 0:
+    def open_gate(self):
+        """Lets the bootstrap's thread go on: before anything that may block
+        or release the GIL (it would wait for us in vain, or take the GIL
+        back from us), and at the end."""
+        gate = self.gate
+        self.gate = None
+        if gate is not None:
             try:
-                c = self.sock.recv(min(n, 1 << 20))
+                gate.release()
+            except Exception:
+                pass
+
+    def _recv(self, n):
+        self.open_gate()
+        while True:
+            try:
+                return self.sock.recv(n)
             except Exception as e:
                 if getattr(e, 'errno', None) == 4:  # EINTR on 2.7
                     continue
                 raise
-            if not c:
-                return None
-            chunks.append(c)
-            n -= len(c)
-        return b''.join(chunks)
+
+    def has_frame(self):
+        """Whether a whole frame is buffered already."""
+        if len(self.rbuf) < 4:
+            return False
+        b = bytearray(self.rbuf[:4])
+        return len(self.rbuf) >= 4 + ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3])
+
+    def detach_is_next(self):
+        """Whether the next frame, buffered whole already, is a detach."""
+        if not self.has_frame():
+            return False
+        nl = self.rbuf.find(b'\n', 4)
+        if nl < 0 or b'"detach"' not in self.rbuf[4:nl]:
+            return False
+        try:
+            return json.loads(self.rbuf[4:nl].decode('utf-8')).get('op') == 'detach'
+        except Exception:
+            return False
 
     def recv_frame(self):
-        head = self._recv_exact(4)
-        if head is None:
-            return None
-        b = bytearray(head)
+        """The next frame (header dict, payload bytes), None at EOF. Reads
+        as much as is there in one go: frames the tool sent together (the
+        load frame and a first request) cost one recv, and so one release
+        of the GIL."""
+        buf = self.rbuf
+        while len(buf) < 4:
+            c = self._recv(1 << 16)
+            if not c:
+                return None
+            buf += c
+        b = bytearray(buf[:4])
         n = (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
         if n > MAX_FRAME_IN:
             raise _AgentError('frame of %d bytes is over the limit' % n)
-        body = self._recv_exact(n)
-        if body is None:
-            return None
+        end = 4 + n
+        if len(buf) < end:
+            parts = [buf]
+            have = len(buf)
+            while have < end:
+                c = self._recv(min(max(end - have, 1 << 16), 1 << 20))
+                if not c:
+                    return None
+                parts.append(c)
+                have += len(c)
+            buf = b''.join(parts)
+        body = buf[4:end]
+        self.rbuf = buf[end:]
         nl = body.find(b'\n')
         if nl < 0:
             raise _AgentError('frame without a header line')
@@ -294,14 +367,22 @@ class _Agent(object):
             raise _AgentError('frame header is not an object')
         return header, body[nl + 1:]
 
-    def send_raw(self, header_json, payload=b''):
+    def send_raw(self, header_json, payload=b'', hold=False):
+        """Sends a frame, after any held back; with `hold`, only queues it
+        to go with the next one."""
         if not isinstance(header_json, bytes):
             header_json = header_json.encode('ascii')
         n = len(header_json) + 1 + len(payload)
         prefix = bytes(bytearray([(n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255]))
+        data = self.wbuf + prefix + header_json + b'\n' + payload
+        if hold:
+            self.wbuf = data
+            return
+        self.wbuf = b''
+        self.open_gate()
         # MSG_NOSIGNAL: an embedded interpreter may not ignore SIGPIPE, and a
         # tool that died must not take the target down with it.
-        self.sock.sendall(prefix + header_json + b'\n' + payload, MSG_NOSIGNAL)
+        self.sock.sendall(data, MSG_NOSIGNAL)
 
     @staticmethod
     def dumps(obj):
@@ -309,10 +390,43 @@ class _Agent(object):
 
     # -- lifecycle -----------------------------------------------------------
 
-    def setup(self):
-        header = self.params.get('header') or b'{}'
-        load = json.loads(bytes(header).decode('utf-8'))
+    def mark(self, label):
+        if self.marks is not None:
+            self.marks.append([label, self.mono()])
+
+    def take_marks(self):
+        """The stamps so far as JSON (`,"marks":[...]`) when tracing, else ''."""
+        if not self.trace or not self.marks:
+            return ''
+        m = self.marks
+        self.marks = []
+        return ',"marks":' + self.dumps(m)
+
+    def handshake(self):
+        """Reads the tool's load frame and checks its token (in constant
+        time). Returns the load header, or None after refusing."""
+        frame = self.recv_frame()
+        if frame is None:
+            return None
+        load = frame[0]
+        want = bytearray(self.params.get('token') or b'')
+        got = load.get('token') if load.get('op') == 'load' else None
+        # By code point (str.encode would import encodings.ascii on 2.7).
+        try:
+            got = bytearray([ord(c) for c in got if ord(c) < 128]) if isinstance(got, _text_types) else bytearray()
+        except Exception:
+            got = bytearray()
+        diff = len(got) ^ len(want)
+        for a, b in zip(got, want):
+            diff |= a ^ b
+        if diff != 0 or not want:
+            self.send_raw('{"op":"refused","ok":false,"reason":"token"}')
+            return None
+        return load
+
+    def setup(self, load):
         opts = load.get('options') or {}
+        self.trace = bool(opts.get('trace'))
         self.repr_cap = int(opts.get('repr_cap', DEFAULT_REPR_CAP))
         self.output_cap = int(opts.get('output_cap', DEFAULT_OUTPUT_CAP))
         self.ns = {
@@ -368,23 +482,46 @@ class _Agent(object):
     def run(self):
         try:
             mods = set(sys.modules)
+            load = self.handshake()
+            if load is None:
+                return
+            # The bootstrap bounded the wait for the load frame (SO_RCVTIMEO,
+            # SO_SNDTIMEO: unlike settimeout, no GIL release); the session
+            # itself waits as long as the tool wants.
+            _set_socket_timeouts(self.sock, 0)
+            t0 = _clock()
             try:
-                self.setup()
+                self.setup(load)
                 body = self.dumps(self.hello())
                 ok = True
             except BaseException:
                 body = self.dumps(self.error_info(sys.exc_info(), user=False))
                 ok = False
             self.note_imports(mods)
-            gil = repr(float(_clock() - self.t_start))
+            # The bootstrap's compile and run of this source count too.
+            load_s = self.params.get('load_s') or 0.0
+            gil = repr(float(_clock() - t0 + load_s))
             if ok:
-                self.send_raw('{"op":"hello","id":0,"ok":true,"gil_s":' + gil + ',"result":' + body + '}')
+                self.mark('hello')
+                marks = self.take_marks()
+                if marks:
+                    body = body[:-1] + marks + '}'
+                hello = '{"op":"hello","id":0,"ok":true,"gil_s":' + gil + ',"result":' + body + '}'
+                if self.has_frame():
+                    # The tool sent its first request along with the load
+                    # frame: answer both in one write. Each write releases the
+                    # GIL, and taking it back from a thread that runs bytecode
+                    # costs a switch interval (5 ms) or more.
+                    self.send_raw(hello, hold=True)
+                else:
+                    self.send_raw(hello)
                 self.serve()
             else:
                 self.send_raw('{"op":"hello","id":0,"ok":false,"gil_s":' + gil + ',"error":' + body + '}')
         except BaseException:
             pass
-        self.cleanup()
+        finally:
+            self.cleanup()
 
     def note_imports(self, before):
         """Adds the modules that appeared since `before` to `imported`."""
@@ -423,6 +560,7 @@ class _Agent(object):
             t0 = _clock()
             mods = set(sys.modules)
             header, payload = frame
+            self.mark('request %s in' % (header.get('op'),))
             rid = header.get('id', 0)
             op = header.get('op')
             handler = ops.get(op)
@@ -440,16 +578,51 @@ class _Agent(object):
             self.note_imports(mods)
             if PY2:
                 sys.exc_clear()
-            head = '{"id":' + self.dumps(rid) + ',"ok":' + ok + ',"gil_s":'
-            self.send_raw(head + repr(float(_clock() - t0)) + tail)
+            self.mark('answer')
+            head = '{"id":' + self.dumps(rid) + ',"ok":' + ok + self.take_marks() + ',"gil_s":'
+            answer = head + repr(float(_clock() - t0)) + tail
             if op == 'detach':
+                # Restored before the answer goes: the tool may take it (and
+                # the hang-up right after) as "the target is back". The
+                # answer is made first: on 2.7 a module dropped from
+                # sys.modules has its globals set to None (json's too).
+                self.restore()
+                self.send_raw(answer)
                 return
+            # An answer followed by a detach the tool sent along with its
+            # request goes out with the detach's answer: one write (and one
+            # release of the GIL) for both.
+            self.send_raw(answer, hold=self.detach_is_next())
 
     def cleanup(self):
-        """Undo everything. Each step on its own: one failing must not stop
-        the rest. Runs once, whatever ended the session."""
+        """Undo everything, hang up, and retire. Runs once, whatever ended
+        the session."""
         if self.sock is None:
             return
+        self.open_gate()
+        self.restore()
+        proxies = [p for p in (self.out_proxy, self.err_proxy, self.hook_proxy) if p is not None]
+        self.out_proxy = self.err_proxy = self.hook_proxy = None
+        # The tool takes the hang-up as "cleanup finished": everything is
+        # restored, and the socket is the last of our resources to go.
+        try:
+            self.sock.close()
+        except BaseException:
+            pass
+        self.sock = None
+        # What is left is this thread, asleep, and the proxies it holds.
+        try:
+            _retire(proxies)
+        except BaseException:
+            pass
+
+    def restore(self):
+        """Puts the target back as it was (but for the retiring proxies).
+        Each step on its own: one failing must not stop the rest. Runs
+        once."""
+        if self.restored:
+            return
+        self.restored = True
         try:
             if self.out_proxy is not None and sys.stdout is self.out_proxy:
                 sys.stdout = self.orig_out
@@ -497,20 +670,6 @@ class _Agent(object):
             pass
         self.params = None
         self.orig_out = self.orig_err = self.orig_hook = None
-        proxies = [p for p in (self.out_proxy, self.err_proxy, self.hook_proxy) if p is not None]
-        self.out_proxy = self.err_proxy = self.hook_proxy = None
-        # The tool takes the hang-up as "cleanup finished": everything is
-        # restored, and the socket is the last of our resources to go.
-        try:
-            self.sock.close()
-        except BaseException:
-            pass
-        self.sock = None
-        # What is left is this thread, asleep, and the proxies it holds.
-        try:
-            _retire(proxies)
-        except BaseException:
-            pass
 
     def classify_modules(self):
         """(to remove, to keep) among the modules imported while we ran.
@@ -755,6 +914,9 @@ def main(sock, params):
             if agent is not None:
                 agent.cleanup()
             else:
+                gate = params.get('gate')
+                if gate is not None:
+                    gate.release()
                 sock.close()
         except BaseException:
             pass

@@ -42,6 +42,10 @@ pub struct AttachOptions {
     /// At detach, also wait for the agent's thread to end (it stays asleep
     /// up to half a second after the session, see [`Attached::detach`]).
     pub wait_detach: bool,
+    /// Requests (op, params) sent along with the handshake, answered with
+    /// the agent's hello (see [`Listener::pipeline`]): the session's first
+    /// requests, when they are known before attaching.
+    pub pipeline: Vec<(String, serde_json::Value)>,
 }
 
 impl Default for AttachOptions {
@@ -50,6 +54,7 @@ impl Default for AttachOptions {
             timeout: Duration::from_secs(5),
             method: MethodChoice::Auto,
             wait_detach: false,
+            pipeline: Vec::new(),
         }
     }
 }
@@ -158,6 +163,11 @@ pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
     let target = preflight::check(pid)?;
     trace(format_args!("pid {pid}: preflight done"));
     let mut listener = Listener::prepare(&target.proc, target.uid, target.gid)?;
+    for (op, params) in &opts.pipeline {
+        if !listener.pipeline(op, params.clone()) {
+            break;
+        }
+    }
     let code = listener.bootstrap_code(users::our_uid());
     trace(format_args!("pid {pid}: listening, bootstrap rendered"));
     let mut notes = Vec::new();

@@ -319,6 +319,10 @@ pub struct LoadOptions {
     pub repr_cap: usize,
     /// Cap on captured stdout/stderr per request, in characters.
     pub output_cap: usize,
+    /// Have the agent send the timestamps it took (hello and answers carry
+    /// `marks`: `[[label, time.monotonic()], ...]`), for MEMSLEUTH_TRACE_INJECT.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace: bool,
 }
 
 impl Default for LoadOptions {
@@ -326,6 +330,7 @@ impl Default for LoadOptions {
         LoadOptions {
             repr_cap: 1 << 20,
             output_cap: 16 << 20,
+            trace: false,
         }
     }
 }
