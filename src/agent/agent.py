@@ -12,9 +12,11 @@ The tool's first frame is `load` (the session token and options): nothing
 changes in the target before its token checks out. Then the agent says
 `hello`, unsolicited. Requests carry an `id`; responses echo it with `ok`,
 `gil_s` (wall time spent in Python for this request) and `result` or `error`
-({type, message, traceback}). Ops: exec, eval, complete, compile_check,
-ping, detach, load_plugin. The tool may send requests before the hello
-arrives (they are read in order).
+({type, message, traceback}). Ops: exec, eval, ping, detach, load_plugin,
+and those the plugins register (the shell's complete and compile_check in
+plugins/shell.py, loaded on first use: less to compile at every attach).
+The tool may send requests before the hello arrives (they are read in
+order).
 """
 
 import sys
@@ -37,7 +39,6 @@ USER_FILE = '<memsleuth>'
 MAX_FRAME_IN = 64 << 20
 DEFAULT_REPR_CAP = 1 << 20
 DEFAULT_OUTPUT_CAP = 16 << 20
-MAX_MATCHES = 1000
 MSG_NOSIGNAL = 0x4000  # Linux
 # How long the restored proxies are kept alive before being let go.
 RETIRE_GRACE_S = 0.5
@@ -194,19 +195,6 @@ class _DisplayHook(object):
             r = r[:self.repr_cap]
             cap.truncated = True
         cap.values.append(r)
-
-
-def _is_identifier(s):
-    if not s:
-        return False
-    if not PY2:
-        return s.isidentifier()
-    if not (s[0].isalpha() or s[0] == '_'):
-        return False
-    for c in s:
-        if not (c.isalnum() or c == '_'):
-            return False
-    return True
 
 
 def _native_tid():
@@ -543,8 +531,6 @@ class _Agent(object):
         ops = {
             'exec': self.op_exec,
             'eval': self.op_eval,
-            'complete': self.op_complete,
-            'compile_check': self.op_compile_check,
             'ping': self.op_ping,
             'detach': self.op_detach,
             'load_plugin': self.op_load_plugin,
@@ -795,62 +781,6 @@ class _Agent(object):
             'stdout': cap.text('stdout'),
             'stderr': cap.text('stderr'),
         }
-
-    def _lookup_dotted(self, parts):
-        """Follows a plain dotted name (no calls, no subscripts)."""
-        first = parts[0]
-        if first in self.ns:
-            obj = self.ns[first]
-        elif hasattr(_builtins, first):
-            obj = getattr(_builtins, first)
-        else:
-            raise NameError(first)
-        for p in parts[1:]:
-            obj = getattr(obj, p)
-        return obj
-
-    def op_complete(self, req):
-        text = req.get('text') or u''
-        if not isinstance(text, _text_types):
-            raise TypeError('text must be a string')
-        matches = set()
-        if '.' in text:
-            head, _, attr = text.rpartition('.')
-            parts = head.split('.')
-            if all([_is_identifier(p) for p in parts]):
-                try:
-                    obj = self._lookup_dotted(parts)
-                    names = dir(obj)
-                except Exception:
-                    names = []
-                for n in names:
-                    if not isinstance(n, _text_types) or not n.startswith(attr):
-                        continue
-                    if n.startswith('_') and not attr.startswith('_'):
-                        continue
-                    matches.add(head + '.' + n)
-        else:
-            import keyword
-            names = list(self.ns) + dir(_builtins) + list(keyword.kwlist)
-            for n in names:
-                if not isinstance(n, _text_types) or not n.startswith(text):
-                    continue
-                if n.startswith('_') and not text.startswith('_'):
-                    continue
-                matches.add(n)
-        out = sorted(matches)[:MAX_MATCHES]
-        return {'matches': [_text(m) for m in out]}
-
-    def op_compile_check(self, req):
-        source = req.get('source')
-        if not isinstance(source, _text_types):
-            raise TypeError('source must be a string')
-        import codeop
-        try:
-            code = codeop.compile_command(source, USER_FILE, 'single')
-        except (SyntaxError, OverflowError, ValueError):
-            return {'status': 'error', 'error': self.error_info(sys.exc_info())}
-        return {'status': 'complete' if code is not None else 'incomplete', 'error': None}
 
     def op_load_plugin(self, req):
         """Runs a plugin's source in the agent's own namespace; it registers

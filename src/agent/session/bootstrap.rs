@@ -15,6 +15,7 @@ pub const AGENT_PLUGINS: &[&str] = &[
     include_str!("../plugins/census.py"),
     include_str!("../plugins/gcstate.py"),
     include_str!("../plugins/refgraph.py"),
+    include_str!("../plugins/shell.py"),
 ];
 
 /// The agent source the bootstrap compiles and runs (the core only).
