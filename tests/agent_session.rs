@@ -1036,3 +1036,63 @@ fn bootstrap_quoting() {
     }
     assert_eq!(seen.len(), 1);
 }
+
+/// Every global name the agent and its plugins read exists once they are
+/// loaded together (the plugins run in the agent's namespace and use its
+/// helpers): moving a helper out of the core must not leave a plugin with a
+/// NameError that only shows on some path. Checked with `dis` on each 3.x
+/// interpreter; names that only 2.7 branches read are allowed.
+#[test]
+fn plugins_read_only_defined_globals() {
+    const CHECK: &str = r#"
+import builtins, dis, sys, types
+src = sys.stdin.read()
+g = {'__name__': '_memsleuth_agent'}
+exec(compile(src, '<memsleuth-agent>', 'exec'), g)
+py2_only = {'unicode', 'long', 'basestring', 'xrange', 'unichr', 'buffer', 'file', 'reduce', 'raw_input', 'execfile', 'cmp'}
+missing = set()
+def walk(code):
+    for ins in dis.get_instructions(code):
+        if ins.opname in ('LOAD_GLOBAL', 'LOAD_NAME', 'STORE_GLOBAL') and isinstance(ins.argval, str):
+            name = ins.argval
+            if name not in g and not hasattr(builtins, name) and name not in py2_only:
+                missing.add('%s (in %s)' % (name, code.co_name))
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            walk(c)
+walk(compile(src, '<memsleuth-agent>', 'exec'))
+print(sorted(missing))
+"#;
+    let mut source = String::from(memsleuth::agent::session::AGENT_CORE);
+    for plugin in memsleuth::agent::session::AGENT_PLUGINS {
+        source.push('\n');
+        source.push_str(plugin);
+    }
+    let list: Vec<Interpreter> = interpreters()
+        .into_iter()
+        .filter(|i| i.at_least(3, 6))
+        .collect();
+    for interp in &list {
+        let mut child = Command::new(&interp.path)
+            .args(["-c", CHECK])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), source.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "[{}] {}",
+            interp.label,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "[]",
+            "[{}] globals read but defined nowhere",
+            interp.label
+        );
+    }
+}

@@ -26,7 +26,6 @@ _clock = getattr(time, 'perf_counter', time.time)
 
 import gc  # noqa: E402
 import os  # noqa: E402
-import json  # noqa: E402
 
 try:
     import _thread as _thread_mod
@@ -40,8 +39,19 @@ MAX_FRAME_IN = 64 << 20
 DEFAULT_REPR_CAP = 1 << 20
 DEFAULT_OUTPUT_CAP = 16 << 20
 MSG_NOSIGNAL = 0x4000  # Linux
-# How long the restored proxies are kept alive before being let go.
-RETIRE_GRACE_S = 0.5
+# How long the restored proxies are kept alive before being let go, where
+# print() and friends hold sys.stdout as a borrowed reference: up to 3.12.9
+# and 3.13.2 (cpython#130163, fixed in 3.12.10, 3.13.3 and 3.14.0a6, which
+# hold a strong reference while they use it). See _retire.
+_VI = tuple(sys.version_info)
+RETIRE_GRACE_S = 0.0 if (_VI >= (3, 14, 0, 'alpha', 6) or (3, 13, 3) <= _VI[:3] < (3, 14)
+                         or (3, 12, 10) <= _VI[:3] < (3, 13)) else 0.5
+# How long a new agent waits for an earlier one to finish retiring.
+RETIRE_WAIT_S = 2.0
+# Set once this agent's session is over (everything restored, socket
+# closed): what is left of it is its thread, retiring and ending. Read
+# through this thread's frames by the next bootstrap and agent.
+_ENDED = False
 
 PY2 = sys.version_info[0] == 2
 if PY2:
@@ -197,6 +207,86 @@ class _DisplayHook(object):
         cap.values.append(r)
 
 
+def _is_identifier(s):
+    if not s:
+        return False
+    if not PY2:
+        return s.isidentifier()
+    if not (s[0].isalpha() or s[0] == '_'):
+        return False
+    for c in s:
+        if not (c.isalnum() or c == '_'):
+            return False
+    return True
+
+
+def _no_constant(name):
+    raise ValueError('%s is not allowed' % (name,))
+
+
+def _json_default(o):
+    raise TypeError('%r is not JSON serializable' % (o,))
+
+
+def _json_codec():
+    """(loads, dumps) for compact ASCII JSON. On _json's C scanner and
+    encoder, which the json package wraps: importing json itself imports re
+    and compiles its patterns, tens of ms in a target that has neither yet
+    (and that in the injected call, on the thread we interrupted). Falls
+    back to the json package where _json is missing or different."""
+    try:
+        import _json
+
+        class _Context(object):
+            pass
+
+        ctx = _Context()
+        ctx.strict = True
+        ctx.object_hook = None
+        ctx.object_pairs_hook = None
+        ctx.array_hook = None  # 3.15
+        ctx.parse_float = float
+        ctx.parse_int = int
+        ctx.parse_constant = _no_constant
+        ctx.memo = {}
+        ctx.encoding = 'utf-8'  # 2.7
+        scan = _json.make_scanner(ctx)
+        make_encoder = getattr(_json, 'c_make_encoder', None) or _json.make_encoder
+        escape = _json.encode_basestring_ascii
+
+        def loads(text):
+            try:
+                obj, end = scan(text, 0)
+            except StopIteration:
+                raise ValueError('not JSON')
+            finally:
+                ctx.memo.clear()
+            if text[end:].strip():
+                raise ValueError('extra data after JSON')
+            return obj
+
+        def dumps(obj):
+            # A new encoder each time: its circular-reference marks are only
+            # cleaned up on success.
+            enc = make_encoder({}, _json_default, escape, None, ':', ',', False, False, False)
+            return ''.join(enc(obj, 0))
+
+        probe = {'a': [1, 2.5, None, True, u'\n']}
+        if loads(dumps(probe)) != probe:
+            raise ValueError('_json differs')
+        return loads, dumps
+    except Exception:
+        import json
+
+        def dumps(obj):
+            return json.dumps(obj, separators=(',', ':'), ensure_ascii=True, allow_nan=False)
+
+        return json.loads, dumps
+
+
+_json_loads, _json_dumps = _json_codec()
+
+
 def _native_tid():
     """This thread's kernel thread id as the target sees it (its own pid
     namespace), or None."""
@@ -315,7 +405,7 @@ class _Agent(object):
         if nl < 0 or b'"detach"' not in self.rbuf[4:nl]:
             return False
         try:
-            return json.loads(self.rbuf[4:nl].decode('utf-8')).get('op') == 'detach'
+            return _json_loads(self.rbuf[4:nl].decode('utf-8')).get('op') == 'detach'
         except Exception:
             return False
 
@@ -350,7 +440,7 @@ class _Agent(object):
         nl = body.find(b'\n')
         if nl < 0:
             raise _AgentError('frame without a header line')
-        header = json.loads(body[:nl].decode('utf-8'))
+        header = _json_loads(body[:nl].decode('utf-8'))
         if not isinstance(header, dict):
             raise _AgentError('frame header is not an object')
         return header, body[nl + 1:]
@@ -374,7 +464,7 @@ class _Agent(object):
 
     @staticmethod
     def dumps(obj):
-        return json.dumps(obj, separators=(',', ':'), ensure_ascii=True, allow_nan=False)
+        return _json_dumps(obj)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -467,8 +557,21 @@ class _Agent(object):
             'agent_tid': _native_tid(),
         }
 
+    def wait_retired(self):
+        """Waits (GIL released) until the threads of earlier agents whose
+        sessions are over have ended (see _retire), so that this session
+        starts from a target with nothing of ours in it (a census must not
+        count an earlier agent's objects)."""
+        idents = _ended_agents(self.ident)
+        deadline = _clock() + RETIRE_WAIT_S
+        while idents and _clock() < deadline:
+            self.open_gate()
+            time.sleep(0.005)
+            idents = idents.intersection(sys._current_frames())
+
     def run(self):
         try:
+            self.wait_retired()
             mods = set(sys.modules)
             load = self.handshake()
             if load is None:
@@ -571,7 +674,7 @@ class _Agent(object):
                 # Restored before the answer goes: the tool may take it (and
                 # the hang-up right after) as "the target is back". The
                 # answer is made first: on 2.7 a module dropped from
-                # sys.modules has its globals set to None (json's too).
+                # sys.modules has its globals set to None.
                 self.restore()
                 self.send_raw(answer)
                 return
@@ -596,6 +699,8 @@ class _Agent(object):
         except BaseException:
             pass
         self.sock = None
+        global _ENDED
+        _ENDED = True
         # What is left is this thread, asleep, and the proxies it holds.
         try:
             _retire(proxies)
@@ -811,6 +916,20 @@ class _Agent(object):
 EXTRA_OPS = {}
 
 
+def _ended_agents(me):
+    """Idents of the threads, other than `me`, of agents whose sessions are
+    over (their _ENDED is set): retiring, or about to end."""
+    ended = set()
+    for ident, f in sys._current_frames().items():
+        while f is not None and ident != me:
+            c = f.f_code
+            if c.co_filename == AGENT_FILE and c.co_name == 'main' and f.f_globals.get('_ENDED'):
+                ended.add(ident)
+                break
+            f = f.f_back
+    return ended
+
+
 def _retire(proxies):
     """Lets go of the proxies without freeing them under another thread.
 
@@ -824,10 +943,11 @@ def _retire(proxies):
     finished.
 
     This runs after the session has ended (socket closed, everything
-    restored): the tool does not wait for it, and a new agent may start
-    meanwhile (the bootstrap tells a thread in here from a live agent by
-    this function's name)."""
-    if not proxies:
+    restored, _ENDED set): the tool does not wait for it. A new agent may be
+    started meanwhile (the bootstrap tells this thread from a live agent's
+    by _ENDED): it waits for this thread to end before it changes anything,
+    so it never sees our leftovers."""
+    if not proxies or RETIRE_GRACE_S <= 0:
         return
     time.sleep(RETIRE_GRACE_S)
     for p in proxies:

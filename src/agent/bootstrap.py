@@ -18,8 +18,8 @@
 # It runs where the injector got in, holding the GIL: it connects to the
 # tool's Unix socket (a connect to a listening Unix socket completes at once),
 # checks that the peer runs as the tool's uid (SO_PEERCRED), refuses when an
-# agent is already running here (one that is only retiring after its session
-# does not count), compiles and runs the agent in a fresh dict (not in
+# agent is already running here (one whose session is over and that only
+# retires does not count: the new agent waits for it), compiles and runs the agent in a fresh dict (not in
 # sys.modules), and starts a thread on its main(sock, params). Doing this
 # here rather than on the new thread spares that thread the GIL hand-offs
 # (a switch interval each while another thread runs bytecode) of importing,
@@ -56,23 +56,20 @@ try:
         return b[off + 3] | (b[off + 2] << 8) | (b[off + 1] << 16) | (b[off] << 24)
 
     def _agent_running():
-        # A live agent is a thread inside the agent's main(), unless it is in
-        # _retire: that one has ended its session (everything restored, its
-        # socket closed) and only waits to let go of its old proxies. (Other
+        # A live agent is a thread inside the agent's main() whose session
+        # is not over: an agent sets _ENDED in its globals once everything is
+        # restored and its socket closed; its thread then only retires its
+        # old proxies and ends, and the new agent waits for that. (Other
         # frames from AGENT_FILE can be a leftover proxy's write, called by a
         # thread printing through a wrapper that kept it.)
         for f in sys._current_frames().values():
-            live = False
             while f is not None:
-                if f.f_code.co_filename == AGENT_FILE:
-                    if f.f_code.co_name == '_retire':
-                        live = False
-                        break
-                    if f.f_code.co_name == 'main':
-                        live = True
+                c = f.f_code
+                if c.co_filename == AGENT_FILE and c.co_name == 'main':
+                    if not f.f_globals.get('_ENDED'):
+                        return True
+                    break
                 f = f.f_back
-            if live:
-                return True
         return False
 
     def _refuse(s, why):

@@ -15,19 +15,6 @@
 _sh_max_matches = 1000
 
 
-def _sh_is_identifier(s):
-    if not s:
-        return False
-    if not PY2:
-        return s.isidentifier()
-    if not (s[0].isalpha() or s[0] == '_'):
-        return False
-    for c in s:
-        if not (c.isalnum() or c == '_'):
-            return False
-    return True
-
-
 def _sh_lookup_dotted(agent, parts):
     """Follows a plain dotted name (no calls, no subscripts)."""
     first = parts[0]
@@ -50,7 +37,7 @@ def _sh_complete(agent, req):
     if '.' in text:
         head, _, attr = text.rpartition('.')
         parts = head.split('.')
-        if all([_sh_is_identifier(p) for p in parts]):
+        if all([_is_identifier(p) for p in parts]):
             try:
                 obj = _sh_lookup_dotted(agent, parts)
                 names = dir(obj)
