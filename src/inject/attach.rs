@@ -350,15 +350,17 @@ fn try_pep768(
         tried.push(scheduled.native_tid);
         // A thread seen running Python picks the request up at its next
         // eval-breaker check; on a loaded machine that can take a while, so
-        // it gets longer than a thread that is probably parked.
-        let busy = thread_runs_python(target, scheduled.native_tid);
+        // it gets longer than a thread that is probably parked. (Sampled
+        // while listening: the bootstrap may connect meanwhile, and the
+        // sooner it is accepted, the sooner its load frame is there.)
+        let (busy, connected) = thread_runs_python(target, scheduled.native_tid, listener)?;
         let first_wait = if busy {
             PEP768_BUSY_WAIT
         } else {
             PEP768_FIRST_WAIT
         };
         let wait = first_wait.min(deadline.saturating_duration_since(Instant::now()));
-        if listener.wait(wait)? {
+        if connected || listener.wait(wait)? {
             return Ok(Pep768Outcome::Attached(Method::Pep768 {
                 tid: scheduled.native_tid,
                 main: scheduled.is_main,
@@ -379,15 +381,24 @@ fn try_pep768(
     ))
 }
 
-/// Whether `tid` is seen holding the GIL in a few quick samples.
-fn thread_runs_python(target: &preflight::Target, tid: u64) -> bool {
-    (0..5).any(|i| {
-        if i > 0 {
-            std::thread::sleep(Duration::from_millis(2));
+/// Whether `tid` is seen holding the GIL in a few quick samples, 2 ms
+/// apart, listening meanwhile; and whether the bootstrap connected.
+fn thread_runs_python(
+    target: &preflight::Target,
+    tid: u64,
+    listener: &mut Listener,
+) -> Result<(bool, bool), AttachError> {
+    for i in 0..5 {
+        if i > 0 && listener.wait(Duration::from_millis(2))? {
+            return Ok((true, true));
         }
-        pep768::threads(&target.proc, &target.python)
+        if pep768::threads(&target.proc, &target.python)
             .is_ok_and(|ts| ts.iter().any(|t| t.native_tid == tid && t.holds_gil))
-    })
+        {
+            return Ok((true, false));
+        }
+    }
+    Ok((false, false))
 }
 
 /// A thread (not yet tried) seen holding the GIL in a few quick samples.
