@@ -105,15 +105,15 @@ try:
                     fcntl.fcntl(s.fileno(), fcntl.F_SETFD, fcntl.fcntl(s.fileno(), fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
                 except BaseException:
                     pass
-            # 30 s bounds the connect (a full backlog) and, on the agent
-            # thread, the wait for the tool's first frame: SO_SNDTIMEO and
-            # SO_RCVTIMEO (struct timeval: two longs) keep the socket in
-            # blocking mode, so the agent's reads and writes release the GIL
-            # once each (a timeout set with settimeout adds a poll).
+            # SO_SNDTIMEO bounds the connect here (it only waits if the
+            # listen backlog is full) to 2 s, SO_RCVTIMEO the agent thread's
+            # wait for the tool's first frame to 30 s. Unlike settimeout,
+            # they keep the socket in blocking mode, so the agent's reads and
+            # writes release the GIL once each (settimeout adds a poll).
             lsize = 8 if sys.maxsize > 2 ** 32 else 4
-            tv = bytearray(2 * lsize)
-            tv[0 if little else lsize - 1] = 30
-            for opt, default in (('SO_RCVTIMEO', 20), ('SO_SNDTIMEO', 21)):
+            for opt, default, secs in (('SO_RCVTIMEO', 20, 30), ('SO_SNDTIMEO', 21, 2)):
+                tv = bytearray(2 * lsize)  # struct timeval: two longs
+                tv[0 if little else lsize - 1] = secs
                 s.setsockopt(_socket.SOL_SOCKET, getattr(_socket, opt, default), bytes(tv))
             s.connect(PATH)
             if marks:
