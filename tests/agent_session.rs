@@ -1096,3 +1096,67 @@ print(sorted(missing))
         );
     }
 }
+
+/// Requests queued with `Listener::pipeline` go out with the load frame and
+/// are answered with the hello; a session that asks for something else
+/// first skips their answers; plugin ops cannot be queued.
+fn pipelined(interp: &Interpreter) {
+    let mut h = Harness::spawn(interp, Mode::Plain, false);
+    let label = h.label.clone();
+    let proc = Process::open(h.pid).unwrap();
+    let (uid, gid) = target_ids(h.pid);
+
+    let mut l = Listener::prepare(&proc, uid, gid).unwrap();
+    assert!(l.pipeline(
+        "exec",
+        serde_json::json!({"code": "y = 41", "mode": "exec"})
+    ));
+    assert!(l.pipeline("eval", serde_json::json!({"expr": "y + 1"})));
+    assert!(
+        !l.pipeline("census", serde_json::Value::Null),
+        "[{label}] plugin op"
+    );
+    assert!(
+        !l.pipeline("ping", serde_json::json!([1])),
+        "[{label}] params not an object"
+    );
+    let name = h.inject(&l.bootstrap_code(euid()));
+    assert!(l.wait(WAIT).unwrap(), "[{label}]");
+    h.wait_ran(&name);
+    let mut s = l.into_session().unwrap();
+    let r = s.exec("y = 41", ExecMode::Exec).unwrap();
+    assert!(!r.raised, "[{label}] {:?}", r.error);
+    assert_eq!(s.eval("y + 1").unwrap().value_repr, "42", "[{label}]");
+    assert!(s.ping().is_ok(), "[{label}]");
+    s.detach().unwrap();
+    h.wait_baseline("after a pipelined session");
+
+    // Queued, then not asked for: skipped (it ran, in order); the detach
+    // goes along too.
+    let mut l = Listener::prepare(&proc, uid, gid).unwrap();
+    assert!(l.pipeline("exec", serde_json::json!({"code": "z = 7", "mode": "exec"})));
+    let name = h.inject(&l.bootstrap_code(euid()));
+    assert!(l.wait(WAIT).unwrap(), "[{label}]");
+    h.wait_ran(&name);
+    let mut s = l.into_session().unwrap();
+    assert_eq!(s.eval("z * 6").unwrap().value_repr, "42", "[{label}]");
+    s.detach().unwrap();
+    h.wait_baseline("after skipping a pipelined answer");
+
+    let mut l = Listener::prepare(&proc, uid, gid).unwrap();
+    assert!(l.pipeline("eval", serde_json::json!({"expr": "6 * 7"})));
+    assert!(l.pipeline("detach", serde_json::Value::Null));
+    let name = h.inject(&l.bootstrap_code(euid()));
+    assert!(l.wait(WAIT).unwrap(), "[{label}]");
+    h.wait_ran(&name);
+    let mut s = l.into_session().unwrap();
+    assert_eq!(s.eval("6 * 7").unwrap().value_repr, "42", "[{label}]");
+    s.detach().unwrap();
+    h.wait_baseline("after a pipelined detach");
+    h.assert_clean_stderr();
+}
+
+#[test]
+fn pipelined_requests_on_every_interpreter() {
+    for_each_interpreter(pipelined);
+}
