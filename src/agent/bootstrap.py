@@ -177,7 +177,7 @@ try:
             # once it is back in its own code. (2.7 cannot block signals,
             # and hands the GIL over after 100 bytecodes anyway.)
             sigmask = None
-            if len(rbuf) >= 4:
+            if len(rbuf) >= 4 and sys.version_info[0] >= 3:
                 import _signal
                 sigmask = getattr(_signal, 'pthread_sigmask', None)
             if sigmask is not None:
