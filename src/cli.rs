@@ -283,6 +283,12 @@ pub struct AttachArgs {
     /// How to get in: PEP 768 when possible (auto), or force one way.
     #[arg(long, value_enum, default_value_t = crate::inject::attach::MethodChoice::Auto)]
     pub method: crate::inject::attach::MethodChoice,
+    /// Before exiting, wait until the agent's thread has ended. At detach
+    /// everything is restored at once, but that thread stays asleep up to
+    /// half a second longer, holding only the stdout/stderr stand-ins it
+    /// replaced (a print() in flight in another thread may still use them).
+    #[arg(long)]
+    pub wait_detach: bool,
 }
 
 impl AttachArgs {
@@ -290,6 +296,8 @@ impl AttachArgs {
         crate::inject::attach::AttachOptions {
             timeout: std::time::Duration::from_secs_f64(self.timeout),
             method: self.method,
+            wait_detach: self.wait_detach,
+            pipeline: Vec::new(),
         }
     }
 }

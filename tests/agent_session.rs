@@ -1036,3 +1036,127 @@ fn bootstrap_quoting() {
     }
     assert_eq!(seen.len(), 1);
 }
+
+/// Every global name the agent and its plugins read exists once they are
+/// loaded together (the plugins run in the agent's namespace and use its
+/// helpers): moving a helper out of the core must not leave a plugin with a
+/// NameError that only shows on some path. Checked with `dis` on each 3.x
+/// interpreter; names that only 2.7 branches read are allowed.
+#[test]
+fn plugins_read_only_defined_globals() {
+    const CHECK: &str = r#"
+import builtins, dis, sys, types
+src = sys.stdin.read()
+g = {'__name__': '_memsleuth_agent'}
+exec(compile(src, '<memsleuth-agent>', 'exec'), g)
+py2_only = {'unicode', 'long', 'basestring', 'xrange', 'unichr', 'buffer', 'file', 'reduce', 'raw_input', 'execfile', 'cmp'}
+missing = set()
+def walk(code):
+    for ins in dis.get_instructions(code):
+        if ins.opname in ('LOAD_GLOBAL', 'LOAD_NAME', 'STORE_GLOBAL') and isinstance(ins.argval, str):
+            name = ins.argval
+            if name not in g and not hasattr(builtins, name) and name not in py2_only:
+                missing.add('%s (in %s)' % (name, code.co_name))
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            walk(c)
+walk(compile(src, '<memsleuth-agent>', 'exec'))
+print(sorted(missing))
+"#;
+    let mut source = String::from(memsleuth::agent::session::AGENT_CORE);
+    for plugin in memsleuth::agent::session::AGENT_PLUGINS {
+        source.push('\n');
+        source.push_str(plugin);
+    }
+    let list: Vec<Interpreter> = interpreters()
+        .into_iter()
+        .filter(|i| i.at_least(3, 6))
+        .collect();
+    for interp in &list {
+        let mut child = Command::new(&interp.path)
+            .args(["-c", CHECK])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), source.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "[{}] {}",
+            interp.label,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "[]",
+            "[{}] globals read but defined nowhere",
+            interp.label
+        );
+    }
+}
+
+/// Requests queued with `Listener::pipeline` go out with the load frame and
+/// are answered with the hello; a session that asks for something else
+/// first skips their answers; plugin ops cannot be queued.
+fn pipelined(interp: &Interpreter) {
+    let mut h = Harness::spawn(interp, Mode::Plain, false);
+    let label = h.label.clone();
+    let proc = Process::open(h.pid).unwrap();
+    let (uid, gid) = target_ids(h.pid);
+
+    let mut l = Listener::prepare(&proc, uid, gid).unwrap();
+    assert!(l.pipeline(
+        "exec",
+        serde_json::json!({"code": "y = 41", "mode": "exec"})
+    ));
+    assert!(l.pipeline("eval", serde_json::json!({"expr": "y + 1"})));
+    assert!(
+        !l.pipeline("census", serde_json::Value::Null),
+        "[{label}] plugin op"
+    );
+    assert!(
+        !l.pipeline("ping", serde_json::json!([1])),
+        "[{label}] params not an object"
+    );
+    let name = h.inject(&l.bootstrap_code(euid()));
+    assert!(l.wait(WAIT).unwrap(), "[{label}]");
+    h.wait_ran(&name);
+    let mut s = l.into_session().unwrap();
+    let r = s.exec("y = 41", ExecMode::Exec).unwrap();
+    assert!(!r.raised, "[{label}] {:?}", r.error);
+    assert_eq!(s.eval("y + 1").unwrap().value_repr, "42", "[{label}]");
+    assert!(s.ping().is_ok(), "[{label}]");
+    s.detach().unwrap();
+    h.wait_baseline("after a pipelined session");
+
+    // Queued, then not asked for: skipped (it ran, in order); the detach
+    // goes along too.
+    let mut l = Listener::prepare(&proc, uid, gid).unwrap();
+    assert!(l.pipeline("exec", serde_json::json!({"code": "z = 7", "mode": "exec"})));
+    let name = h.inject(&l.bootstrap_code(euid()));
+    assert!(l.wait(WAIT).unwrap(), "[{label}]");
+    h.wait_ran(&name);
+    let mut s = l.into_session().unwrap();
+    assert_eq!(s.eval("z * 6").unwrap().value_repr, "42", "[{label}]");
+    s.detach().unwrap();
+    h.wait_baseline("after skipping a pipelined answer");
+
+    let mut l = Listener::prepare(&proc, uid, gid).unwrap();
+    assert!(l.pipeline("eval", serde_json::json!({"expr": "6 * 7"})));
+    assert!(l.pipeline("detach", serde_json::Value::Null));
+    let name = h.inject(&l.bootstrap_code(euid()));
+    assert!(l.wait(WAIT).unwrap(), "[{label}]");
+    h.wait_ran(&name);
+    let mut s = l.into_session().unwrap();
+    assert_eq!(s.eval("6 * 7").unwrap().value_repr, "42", "[{label}]");
+    s.detach().unwrap();
+    h.wait_baseline("after a pipelined detach");
+    h.assert_clean_stderr();
+}
+
+#[test]
+fn pipelined_requests_on_every_interpreter() {
+    for_each_interpreter(pipelined);
+}

@@ -100,11 +100,15 @@ fn detach_leaves_nothing_behind() {
         let t = spawn_target(interp, "idle", &["--main", "sleep"]).unwrap();
         let before = t.report_state();
         // Import something the target never had, from inside a session.
-        let (r, json) = exec_json(t.pid, "import json, codeop; x = json.dumps([1])", &[]);
+        // With --wait-detach, nothing of ours is left when memsleuth exits.
+        let (r, json) = exec_json(
+            t.pid,
+            "import json, codeop; x = json.dumps([1])",
+            &["--wait-detach"],
+        );
         assert_eq!(r.code, 0, "[{interp}] {}", r.stderr);
         let dir = json.unwrap()["session_dir"].as_str().unwrap().to_string();
         assert!(dir.starts_with("/tmp/memsleuth-"), "[{interp}] {dir}");
-        std::thread::sleep(Duration::from_millis(300));
         let after = t.report_state();
         for key in ["modules", "threads", "fds", "main_names"] {
             assert_eq!(
@@ -117,6 +121,44 @@ fn detach_leaves_nothing_behind() {
             !std::path::Path::new(&seen).exists(),
             "[{interp}] {dir} left in the target"
         );
+        // Without it, memsleuth returns as soon as everything is restored:
+        // only the agent's thread may still be there, asleep (before 3.12.10
+        // and 3.13.3), and it ends within half a second (a loaded machine
+        // may take a little longer). Looked at from /proc first: a signal
+        // for report_state could go to that thread, and on 2.7 the main
+        // thread would then only see it after its sleep.
+        let fds = |pid: u32| {
+            let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let tasks = |pid: u32| {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .count()
+        };
+        let (fds_before, tasks_before) = (fds(t.pid), tasks(t.pid));
+        let (r, _) = exec_json(t.pid, "import colorsys", &[]);
+        assert_eq!(r.code, 0, "[{interp}] {}", r.stderr);
+        let returned = std::time::Instant::now();
+        assert_eq!(fds(t.pid), fds_before, "[{interp}] fds right after detach");
+        while tasks(t.pid) != tasks_before {
+            assert!(
+                returned.elapsed() < Duration::from_secs(5),
+                "[{interp}] the agent thread is still there"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let after = t.report_state();
+        for key in ["modules", "threads", "fds", "main_names"] {
+            assert_eq!(
+                before[key], after[key],
+                "[{interp}] {key} changed by an attach (without --wait-detach)"
+            );
+        }
     });
 }
 

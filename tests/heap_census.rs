@@ -360,7 +360,16 @@ fn censuses_leave_the_target_as_it_was() {
         assert_eq!(r.code, 0, "[{label}] {}", r.stderr);
         let r = run(memsleuth().args(["types", "--gc-only", "--json", &pid]));
         assert_eq!(r.code, 0, "[{label}] {}", r.stderr);
-        let r = run(memsleuth().args(["growth", "--interval", "0.3", "--samples", "3", &pid]));
+        // --wait-detach: memsleuth exits once the agent's thread has ended.
+        let r = run(memsleuth().args([
+            "growth",
+            "--interval",
+            "0.3",
+            "--samples",
+            "3",
+            "--wait-detach",
+            &pid,
+        ]));
         assert_eq!(r.code, 0, "[{label}] {}", r.stderr);
         std::thread::sleep(std::time::Duration::from_millis(300));
         let after = t.report_state();

@@ -453,7 +453,8 @@ fn native_on_a_quiet_process() {
         let t = spawn_target(interp, "idle", &["--main", "sleep"]).unwrap();
         let pid = t.pid.to_string();
         let before = t.report_state();
-        let r = run(memsleuth().args(["native", &pid]));
+        // --wait-detach: memsleuth exits once the agent's thread has ended.
+        let r = run(memsleuth().args(["native", "--wait-detach", &pid]));
         assert_eq!(r.code, 0, "[{interp}] {}", r.stderr);
         assert!(
             r.stdout.contains("glibc malloc (mallinfo"),

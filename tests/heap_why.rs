@@ -256,7 +256,14 @@ fn by_id_text_output_and_nothing_left_behind() {
             "[{interp}] {}",
             r.stdout
         );
-        let r = run(memsleuth().args(["why", &pid, "--type", "NoSuchClassAnywhere"]));
+        // --wait-detach: memsleuth exits once the agent's thread has ended.
+        let r = run(memsleuth().args([
+            "why",
+            &pid,
+            "--type",
+            "NoSuchClassAnywhere",
+            "--wait-detach",
+        ]));
         assert_eq!(r.code, 1, "[{interp}] {}", r.stdout);
         assert!(
             r.stdout.contains("no class named NoSuchClassAnywhere"),

@@ -1,28 +1,31 @@
 """memsleuth agent: runs on its own thread inside the target process.
 
-Loaded by the bootstrap into a fresh dict named `_memsleuth_agent` (never in
-sys.modules) and started with main(sock, params). Stdlib only, one source for
-Python 2.7 and 3.6-3.15. It serves requests from the tool over the socket
-(blocking in recv, which releases the GIL) and leaves nothing behind when the
-session ends, however it ends.
+Compiled and run by the bootstrap (where the injector got in) in a fresh
+dict named `_memsleuth_agent` (never in sys.modules); main(sock, params) runs
+on a thread of its own. Stdlib only, one source for Python 2.7 and 3.6-3.15.
+It serves requests from the tool over the socket (blocking in recv, which
+releases the GIL) and leaves nothing behind when the session ends, however it
+ends.
 
 Frames: 4-byte big-endian length, a JSON header line, an optional payload.
-Requests carry an `id`; responses echo it with `ok`, `gil_s` (wall time spent
-in Python for this request) and `result` or `error` ({type, message,
-traceback}). Ops: exec, eval, complete, compile_check, ping, detach; and an
-unsolicited `hello` right after start.
+The tool's first frame is `load` (the session token and options): nothing
+changes in the target before its token checks out. Then the agent says
+`hello`, unsolicited. Requests carry an `id`; responses echo it with `ok`,
+`gil_s` (wall time spent in Python for this request) and `result` or `error`
+({type, message, traceback}). Ops: exec, eval, ping, detach, load_plugin,
+and those the plugins register (the shell's complete and compile_check in
+plugins/shell.py, loaded on first use: less to compile at every attach).
+The tool may send requests before the hello arrives (they are read in
+order).
 """
 
 import sys
 import time
 
 _clock = getattr(time, 'perf_counter', time.time)
-# Start of the agent's own work (its imports count towards hello's gil_s).
-_T_LOAD = _clock()
 
 import gc  # noqa: E402
 import os  # noqa: E402
-import json  # noqa: E402
 
 try:
     import _thread as _thread_mod
@@ -35,10 +38,20 @@ USER_FILE = '<memsleuth>'
 MAX_FRAME_IN = 64 << 20
 DEFAULT_REPR_CAP = 1 << 20
 DEFAULT_OUTPUT_CAP = 16 << 20
-MAX_MATCHES = 1000
 MSG_NOSIGNAL = 0x4000  # Linux
-# How long the restored proxies are kept alive before being let go.
-RETIRE_GRACE_S = 0.5
+# How long the restored proxies are kept alive before being let go, where
+# print() and friends hold sys.stdout as a borrowed reference: up to 3.12.9
+# and 3.13.2 (cpython#130163, fixed in 3.12.10, 3.13.3 and 3.14.0a6, which
+# hold a strong reference while they use it). See _retire.
+_VI = tuple(sys.version_info)
+RETIRE_GRACE_S = 0.0 if (_VI >= (3, 14, 0, 'alpha', 6) or (3, 13, 3) <= _VI[:3] < (3, 14)
+                         or (3, 12, 10) <= _VI[:3] < (3, 13)) else 0.5
+# How long a new agent waits for an earlier one to finish retiring.
+RETIRE_WAIT_S = 2.0
+# Set once this agent's session is over (everything restored, socket
+# closed): what is left of it is its thread, retiring and ending. Read
+# through this thread's frames by the next bootstrap and agent.
+_ENDED = False
 
 PY2 = sys.version_info[0] == 2
 if PY2:
@@ -207,6 +220,99 @@ def _is_identifier(s):
     return True
 
 
+def _no_constant(name):
+    raise ValueError('%s is not allowed' % (name,))
+
+
+def _json_default(o):
+    raise TypeError('%r is not JSON serializable' % (o,))
+
+
+def _json_codec():
+    """(loads, dumps) for compact ASCII JSON. On _json's C scanner and
+    encoder, which the json package wraps: importing json itself imports re
+    and compiles its patterns, tens of ms in a target that has neither yet
+    (and that in the injected call, on the thread we interrupted). Falls
+    back to the json package where _json is missing or different."""
+    try:
+        import _json
+
+        class _Context(object):
+            pass
+
+        ctx = _Context()
+        ctx.strict = True
+        ctx.object_hook = None
+        ctx.object_pairs_hook = None
+        ctx.array_hook = None  # 3.15
+        ctx.parse_float = float
+        ctx.parse_int = int
+        ctx.parse_constant = _no_constant
+        ctx.memo = {}
+        ctx.encoding = 'utf-8'  # 2.7
+        scan = _json.make_scanner(ctx)
+        make_encoder = getattr(_json, 'c_make_encoder', None) or _json.make_encoder
+        escape = _json.encode_basestring_ascii
+
+        def loads(text):
+            try:
+                obj, end = scan(text, 0)
+            except StopIteration:
+                raise ValueError('not JSON')
+            finally:
+                ctx.memo.clear()
+            if text[end:].strip():
+                raise ValueError('extra data after JSON')
+            return obj
+
+        def dumps(obj):
+            # A new encoder each time: its circular-reference marks are only
+            # cleaned up on success.
+            enc = make_encoder({}, _json_default, escape, None, ':', ',', False, False, False)
+            return ''.join(enc(obj, 0))
+
+        probe = {'a': [1, 2.5, None, True, u'\n']}
+        if loads(dumps(probe)) != probe:
+            raise ValueError('_json differs')
+        return loads, dumps
+    except Exception:
+        import json
+
+        def dumps(obj):
+            return json.dumps(obj, separators=(',', ':'), ensure_ascii=True, allow_nan=False)
+
+        return json.loads, dumps
+
+
+_json_loads, _json_dumps = _json_codec()
+
+
+def _native_tid():
+    """This thread's kernel thread id as the target sees it (its own pid
+    namespace), or None."""
+    f = getattr(_thread_mod, 'get_native_id', None)
+    try:
+        if f is not None:
+            return f()
+        # 2.7-3.7: /proc/thread-self -> "PID/task/TID".
+        return int(os.readlink('/proc/thread-self').rsplit('/', 1)[1])
+    except Exception:
+        return None
+
+
+def _set_socket_timeouts(sock, seconds):
+    """SO_RCVTIMEO and SO_SNDTIMEO (0: none). Unlike sock.settimeout, this
+    keeps the socket in blocking mode and does not release the GIL."""
+    import _socket
+    size = 8 if sys.maxsize > 2 ** 32 else 4
+    tv = bytearray(2 * size)
+    v = int(seconds)
+    for i in range(size):
+        tv[i if sys.byteorder == 'little' else size - 1 - i] = (v >> (8 * i)) & 255
+    for opt, default in (('SO_RCVTIMEO', 20), ('SO_SNDTIMEO', 21)):
+        sock.setsockopt(_socket.SOL_SOCKET, getattr(_socket, opt, default), bytes(tv))
+
+
 def _stdlib_dirs():
     dirs = []
     for d in (getattr(sys, '_stdlib_dir', None), os.path.dirname(getattr(os, '__file__', '') or '')):
@@ -222,9 +328,23 @@ class _AgentError(Exception):
 class _Agent(object):
 
     def __init__(self, sock, params):
-        self.t_start = _T_LOAD
         self.sock = sock
         self.params = params
+        # Bytes received and not yet parsed into frames (the bootstrap may
+        # have read the first ones already).
+        self.rbuf = params.get('rbuf') or b''
+        # Bytes to send before the next frame (a hello held back to go out
+        # with the first answer).
+        self.wbuf = b''
+        # A lock the bootstrap's thread waits on (without the GIL, briefly)
+        # while we answer the first requests: see open_gate.
+        self.gate = params.get('gate')
+        # time.monotonic() stamps for a tracing tool (None: not taken).
+        mono = getattr(time, 'monotonic', None)
+        self.mono = mono
+        self.marks = params.get('marks') if mono is not None else None
+        self.trace = False
+        self.mark('agent thread')
         self.ident = _get_ident()
         before = params.get('modules_before')
         if not before:
@@ -244,62 +364,147 @@ class _Agent(object):
         self.orig_err = None
         self.orig_hook = None
         self.linecache_before = None
+        self.restored = False
 
     # -- wire -------------------------------------------------------------
 
-    def _recv_exact(self, n):
-        chunks = []
-        while n > 0:
+    def open_gate(self):
+        """Lets the bootstrap's thread go on: before anything that may block
+        or release the GIL (it would wait for us in vain, or take the GIL
+        back from us), and at the end."""
+        gate = self.gate
+        self.gate = None
+        if gate is not None:
             try:
-                c = self.sock.recv(min(n, 1 << 20))
+                gate.release()
+            except Exception:
+                pass
+
+    def _recv(self, n):
+        self.open_gate()
+        while True:
+            try:
+                return self.sock.recv(n)
             except Exception as e:
                 if getattr(e, 'errno', None) == 4:  # EINTR on 2.7
                     continue
                 raise
-            if not c:
-                return None
-            chunks.append(c)
-            n -= len(c)
-        return b''.join(chunks)
+
+    def has_frame(self):
+        """Whether a whole frame is buffered already."""
+        if len(self.rbuf) < 4:
+            return False
+        b = bytearray(self.rbuf[:4])
+        return len(self.rbuf) >= 4 + ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3])
+
+    def detach_is_next(self):
+        """Whether the next frame, buffered whole already, is a detach."""
+        if not self.has_frame():
+            return False
+        nl = self.rbuf.find(b'\n', 4)
+        if nl < 0 or b'"detach"' not in self.rbuf[4:nl]:
+            return False
+        try:
+            return _json_loads(self.rbuf[4:nl].decode('utf-8')).get('op') == 'detach'
+        except Exception:
+            return False
 
     def recv_frame(self):
-        head = self._recv_exact(4)
-        if head is None:
-            return None
-        b = bytearray(head)
+        """The next frame (header dict, payload bytes), None at EOF. Reads
+        as much as is there in one go: frames the tool sent together (the
+        load frame and a first request) cost one recv, and so one release
+        of the GIL."""
+        buf = self.rbuf
+        while len(buf) < 4:
+            c = self._recv(1 << 16)
+            if not c:
+                return None
+            buf += c
+        b = bytearray(buf[:4])
         n = (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
         if n > MAX_FRAME_IN:
             raise _AgentError('frame of %d bytes is over the limit' % n)
-        body = self._recv_exact(n)
-        if body is None:
-            return None
+        end = 4 + n
+        if len(buf) < end:
+            parts = [buf]
+            have = len(buf)
+            while have < end:
+                c = self._recv(min(max(end - have, 1 << 16), 1 << 20))
+                if not c:
+                    return None
+                parts.append(c)
+                have += len(c)
+            buf = b''.join(parts)
+        body = buf[4:end]
+        self.rbuf = buf[end:]
         nl = body.find(b'\n')
         if nl < 0:
             raise _AgentError('frame without a header line')
-        header = json.loads(body[:nl].decode('utf-8'))
+        header = _json_loads(body[:nl].decode('utf-8'))
         if not isinstance(header, dict):
             raise _AgentError('frame header is not an object')
         return header, body[nl + 1:]
 
-    def send_raw(self, header_json, payload=b''):
+    def send_raw(self, header_json, payload=b'', hold=False):
+        """Sends a frame, after any held back; with `hold`, only queues it
+        to go with the next one."""
         if not isinstance(header_json, bytes):
             header_json = header_json.encode('ascii')
         n = len(header_json) + 1 + len(payload)
         prefix = bytes(bytearray([(n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255]))
+        data = self.wbuf + prefix + header_json + b'\n' + payload
+        if hold:
+            self.wbuf = data
+            return
+        self.wbuf = b''
+        self.open_gate()
         # MSG_NOSIGNAL: an embedded interpreter may not ignore SIGPIPE, and a
         # tool that died must not take the target down with it.
-        self.sock.sendall(prefix + header_json + b'\n' + payload, MSG_NOSIGNAL)
+        self.sock.sendall(data, MSG_NOSIGNAL)
 
     @staticmethod
     def dumps(obj):
-        return json.dumps(obj, separators=(',', ':'), ensure_ascii=True, allow_nan=False)
+        return _json_dumps(obj)
 
     # -- lifecycle -----------------------------------------------------------
 
-    def setup(self):
-        header = self.params.get('header') or b'{}'
-        load = json.loads(bytes(header).decode('utf-8'))
+    def mark(self, label):
+        if self.marks is not None:
+            self.marks.append([label, self.mono()])
+
+    def take_marks(self):
+        """The stamps so far as JSON (`,"marks":[...]`) when tracing, else ''."""
+        if not self.trace or not self.marks:
+            return ''
+        m = self.marks
+        self.marks = []
+        return ',"marks":' + self.dumps(m)
+
+    def handshake(self):
+        """Reads the tool's load frame and checks its token (in constant
+        time). Returns the load header, or None after refusing."""
+        frame = self.recv_frame()
+        if frame is None:
+            return None
+        load = frame[0]
+        want = bytearray(self.params.get('token') or b'')
+        got = load.get('token') if load.get('op') == 'load' else None
+        # By code point (str.encode would import encodings.ascii on 2.7).
+        try:
+            got = bytearray([ord(c) for c in got if ord(c) < 128]) if isinstance(got, _text_types) else bytearray()
+        except Exception:
+            got = bytearray()
+        diff = len(got) ^ len(want)
+        for a, b in zip(got, want):
+            diff |= a ^ b
+        if diff != 0 or not want:
+            self.send_raw('{"op":"refused","ok":false,"reason":"token"}')
+            return None
+        return load
+
+    def setup(self, load):
         opts = load.get('options') or {}
+        self.trace = bool(opts.get('trace'))
         self.repr_cap = int(opts.get('repr_cap', DEFAULT_REPR_CAP))
         self.output_cap = int(opts.get('output_cap', DEFAULT_OUTPUT_CAP))
         self.ns = {
@@ -349,28 +554,65 @@ class _Agent(object):
             'stdout_proxy': self.out_proxy is not None,
             'stderr_proxy': self.err_proxy is not None,
             'agent_thread': self.ident,
+            'agent_tid': _native_tid(),
         }
+
+    def wait_retired(self):
+        """Waits (GIL released) until the threads of earlier agents whose
+        sessions are over have ended (see _retire), so that this session
+        starts from a target with nothing of ours in it (a census must not
+        count an earlier agent's objects)."""
+        idents = _ended_agents(self.ident)
+        deadline = _clock() + RETIRE_WAIT_S
+        while idents and _clock() < deadline:
+            self.open_gate()
+            time.sleep(0.005)
+            idents = idents.intersection(sys._current_frames())
 
     def run(self):
         try:
+            self.wait_retired()
             mods = set(sys.modules)
+            load = self.handshake()
+            if load is None:
+                return
+            # The bootstrap bounded the wait for the load frame (SO_RCVTIMEO,
+            # SO_SNDTIMEO: unlike settimeout, no GIL release); the session
+            # itself waits as long as the tool wants.
+            _set_socket_timeouts(self.sock, 0)
+            t0 = _clock()
             try:
-                self.setup()
+                self.setup(load)
                 body = self.dumps(self.hello())
                 ok = True
             except BaseException:
                 body = self.dumps(self.error_info(sys.exc_info(), user=False))
                 ok = False
             self.note_imports(mods)
-            gil = repr(float(_clock() - self.t_start))
+            # The bootstrap's compile and run of this source count too.
+            load_s = self.params.get('load_s') or 0.0
+            gil = repr(float(_clock() - t0 + load_s))
             if ok:
-                self.send_raw('{"op":"hello","id":0,"ok":true,"gil_s":' + gil + ',"result":' + body + '}')
+                self.mark('hello')
+                marks = self.take_marks()
+                if marks:
+                    body = body[:-1] + marks + '}'
+                hello = '{"op":"hello","id":0,"ok":true,"gil_s":' + gil + ',"result":' + body + '}'
+                if self.has_frame():
+                    # The tool sent its first request along with the load
+                    # frame: answer both in one write. Each write releases the
+                    # GIL, and taking it back from a thread that runs bytecode
+                    # costs a switch interval (5 ms) or more.
+                    self.send_raw(hello, hold=True)
+                else:
+                    self.send_raw(hello)
                 self.serve()
             else:
                 self.send_raw('{"op":"hello","id":0,"ok":false,"gil_s":' + gil + ',"error":' + body + '}')
         except BaseException:
             pass
-        self.cleanup()
+        finally:
+            self.cleanup()
 
     def note_imports(self, before):
         """Adds the modules that appeared since `before` to `imported`."""
@@ -392,8 +634,6 @@ class _Agent(object):
         ops = {
             'exec': self.op_exec,
             'eval': self.op_eval,
-            'complete': self.op_complete,
-            'compile_check': self.op_compile_check,
             'ping': self.op_ping,
             'detach': self.op_detach,
             'load_plugin': self.op_load_plugin,
@@ -409,6 +649,7 @@ class _Agent(object):
             t0 = _clock()
             mods = set(sys.modules)
             header, payload = frame
+            self.mark('request %s in' % (header.get('op'),))
             rid = header.get('id', 0)
             op = header.get('op')
             handler = ops.get(op)
@@ -426,16 +667,53 @@ class _Agent(object):
             self.note_imports(mods)
             if PY2:
                 sys.exc_clear()
-            head = '{"id":' + self.dumps(rid) + ',"ok":' + ok + ',"gil_s":'
-            self.send_raw(head + repr(float(_clock() - t0)) + tail)
+            self.mark('answer')
+            head = '{"id":' + self.dumps(rid) + ',"ok":' + ok + self.take_marks() + ',"gil_s":'
+            answer = head + repr(float(_clock() - t0)) + tail
             if op == 'detach':
+                # Restored before the answer goes: the tool may take it (and
+                # the hang-up right after) as "the target is back". The
+                # answer is made first: on 2.7 a module dropped from
+                # sys.modules has its globals set to None.
+                self.restore()
+                self.send_raw(answer)
                 return
+            # An answer followed by a detach the tool sent along with its
+            # request goes out with the detach's answer: one write (and one
+            # release of the GIL) for both.
+            self.send_raw(answer, hold=self.detach_is_next())
 
     def cleanup(self):
-        """Undo everything. Each step on its own: one failing must not stop
-        the rest. Runs once, whatever ended the session."""
+        """Undo everything, hang up, and retire. Runs once, whatever ended
+        the session."""
         if self.sock is None:
             return
+        self.open_gate()
+        self.restore()
+        proxies = [p for p in (self.out_proxy, self.err_proxy, self.hook_proxy) if p is not None]
+        self.out_proxy = self.err_proxy = self.hook_proxy = None
+        # The tool takes the hang-up as "cleanup finished": everything is
+        # restored, and the socket is the last of our resources to go.
+        try:
+            self.sock.close()
+        except BaseException:
+            pass
+        self.sock = None
+        global _ENDED
+        _ENDED = True
+        # What is left is this thread, asleep, and the proxies it holds.
+        try:
+            _retire(proxies)
+        except BaseException:
+            pass
+
+    def restore(self):
+        """Puts the target back as it was (but for the retiring proxies).
+        Each step on its own: one failing must not stop the rest. Runs
+        once."""
+        if self.restored:
+            return
+        self.restored = True
         try:
             if self.out_proxy is not None and sys.stdout is self.out_proxy:
                 sys.stdout = self.orig_out
@@ -483,35 +761,6 @@ class _Agent(object):
             pass
         self.params = None
         self.orig_out = self.orig_err = self.orig_hook = None
-        try:
-            self.retire_proxies()
-        except BaseException:
-            pass
-        # Last: the tool takes the hang-up as "cleanup finished".
-        try:
-            self.sock.close()
-        except BaseException:
-            pass
-        self.sock = None
-
-    def retire_proxies(self):
-        """Lets go of the proxies without freeing them under another thread.
-
-        print() (and PySys_WriteStdout, PRINT_EXPR, ...) hold sys.stdout as a
-        *borrowed* reference across calls that can switch threads (a later
-        argument's __str__, the write itself): cpython#130163. If our
-        reference were the last one, restoring sys.stdout and dropping the
-        proxy could free it under a print in flight: a crash in the target.
-        So we keep it for a grace period (GIL released), then leave it in a
-        reference cycle, so only the cyclic GC frees it, well after any
-        print that fetched it has finished."""
-        proxies = [p for p in (self.out_proxy, self.err_proxy, self.hook_proxy) if p is not None]
-        self.out_proxy = self.err_proxy = self.hook_proxy = None
-        if not proxies:
-            return
-        time.sleep(RETIRE_GRACE_S)
-        for p in proxies:
-            p.__dict__['_ms_retired'] = p
 
     def classify_modules(self):
         """(to remove, to keep) among the modules imported while we ran.
@@ -638,62 +887,6 @@ class _Agent(object):
             'stderr': cap.text('stderr'),
         }
 
-    def _lookup_dotted(self, parts):
-        """Follows a plain dotted name (no calls, no subscripts)."""
-        first = parts[0]
-        if first in self.ns:
-            obj = self.ns[first]
-        elif hasattr(_builtins, first):
-            obj = getattr(_builtins, first)
-        else:
-            raise NameError(first)
-        for p in parts[1:]:
-            obj = getattr(obj, p)
-        return obj
-
-    def op_complete(self, req):
-        text = req.get('text') or u''
-        if not isinstance(text, _text_types):
-            raise TypeError('text must be a string')
-        matches = set()
-        if '.' in text:
-            head, _, attr = text.rpartition('.')
-            parts = head.split('.')
-            if all([_is_identifier(p) for p in parts]):
-                try:
-                    obj = self._lookup_dotted(parts)
-                    names = dir(obj)
-                except Exception:
-                    names = []
-                for n in names:
-                    if not isinstance(n, _text_types) or not n.startswith(attr):
-                        continue
-                    if n.startswith('_') and not attr.startswith('_'):
-                        continue
-                    matches.add(head + '.' + n)
-        else:
-            import keyword
-            names = list(self.ns) + dir(_builtins) + list(keyword.kwlist)
-            for n in names:
-                if not isinstance(n, _text_types) or not n.startswith(text):
-                    continue
-                if n.startswith('_') and not text.startswith('_'):
-                    continue
-                matches.add(n)
-        out = sorted(matches)[:MAX_MATCHES]
-        return {'matches': [_text(m) for m in out]}
-
-    def op_compile_check(self, req):
-        source = req.get('source')
-        if not isinstance(source, _text_types):
-            raise TypeError('source must be a string')
-        import codeop
-        try:
-            code = codeop.compile_command(source, USER_FILE, 'single')
-        except (SyntaxError, OverflowError, ValueError):
-            return {'status': 'error', 'error': self.error_info(sys.exc_info())}
-        return {'status': 'complete' if code is not None else 'incomplete', 'error': None}
-
     def op_load_plugin(self, req):
         """Runs a plugin's source in the agent's own namespace; it registers
         its ops in EXTRA_OPS. Sent by the tool before a plugin op's first use."""
@@ -708,13 +901,57 @@ class _Agent(object):
         return {'time': time.time()}
 
     def op_detach(self, req):
-        # Cleanup runs after this answer is sent; say what it will keep.
-        return {'detached': True, 'kept_modules': [_text(m) for m in self.classify_modules()[1]]}
+        # Cleanup runs after this answer is sent; say what it will keep, and
+        # how long this thread stays after the hang-up (see _retire).
+        proxies = [p for p in (self.out_proxy, self.err_proxy, self.hook_proxy) if p is not None]
+        return {
+            'detached': True,
+            'kept_modules': [_text(m) for m in self.classify_modules()[1]],
+            'retire_s': RETIRE_GRACE_S if proxies else 0.0,
+        }
 
 
 # name -> fn(agent, request): filled by the plugin sources (heap census, gc,
 # ...) that the tool appends to this file before sending it.
 EXTRA_OPS = {}
+
+
+def _ended_agents(me):
+    """Idents of the threads, other than `me`, of agents whose sessions are
+    over (their _ENDED is set): retiring, or about to end."""
+    ended = set()
+    for ident, f in sys._current_frames().items():
+        while f is not None and ident != me:
+            c = f.f_code
+            if c.co_filename == AGENT_FILE and c.co_name == 'main' and f.f_globals.get('_ENDED'):
+                ended.add(ident)
+                break
+            f = f.f_back
+    return ended
+
+
+def _retire(proxies):
+    """Lets go of the proxies without freeing them under another thread.
+
+    print() (and PySys_WriteStdout, PRINT_EXPR, ...) hold sys.stdout as a
+    *borrowed* reference across calls that can switch threads (a later
+    argument's __str__, the write itself): cpython#130163. If our reference
+    were the last one, restoring sys.stdout and dropping the proxy could free
+    it under a print in flight: a crash in the target. So they are kept for a
+    grace period (GIL released), then left in a reference cycle, so only the
+    cyclic GC frees them, well after any print that fetched them has
+    finished.
+
+    This runs after the session has ended (socket closed, everything
+    restored, _ENDED set): the tool does not wait for it. A new agent may be
+    started meanwhile (the bootstrap tells this thread from a live agent's
+    by _ENDED): it waits for this thread to end before it changes anything,
+    so it never sees our leftovers."""
+    if not proxies or RETIRE_GRACE_S <= 0:
+        return
+    time.sleep(RETIRE_GRACE_S)
+    for p in proxies:
+        p.__dict__['_ms_retired'] = p
 
 
 def main(sock, params):
@@ -727,6 +964,9 @@ def main(sock, params):
             if agent is not None:
                 agent.cleanup()
             else:
+                gate = params.get('gate')
+                if gate is not None:
+                    gate.release()
                 sock.close()
         except BaseException:
             pass

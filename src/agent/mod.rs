@@ -18,4 +18,4 @@ pub use protocol::{
     CompileCheck, CompileStatus, Completions, EvalResult, ExecMode, ExecResult, Hello, Pong,
     RemoteError, Response,
 };
-pub use session::{Listener, Session, SessionError};
+pub use session::{Detached, Listener, Session, SessionError};

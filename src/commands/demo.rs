@@ -113,6 +113,7 @@ pub fn run(args: &DemoArgs) -> CmdResult {
         pid,
         timeout: 5.0,
         method: crate::inject::attach::MethodChoice::Auto,
+        wait_detach: false,
     };
     let req = Request {
         attach: &attach,

@@ -20,7 +20,14 @@ struct EvalReport<'a> {
 }
 
 pub fn run(args: &EvalArgs) -> CmdResult {
-    let mut attached = attach::attach(args.attach.pid, &args.attach.options())?;
+    // The eval and the detach go along with the handshake (see
+    // Listener::pipeline).
+    let mut opts = args.attach.options();
+    opts.pipeline = vec![
+        ("eval".into(), serde_json::json!({"expr": args.expr})),
+        ("detach".into(), serde_json::Value::Null),
+    ];
+    let mut attached = attach::attach(args.attach.pid, &opts)?;
     let result = attached.session.eval(&args.expr);
     let (method, attach_s) = (attached.method.clone(), attached.attach_s);
     let session_dir = attached.session_dir.clone();

@@ -14,8 +14,10 @@ struct ExecReport<'a> {
     schema: u32,
     pid: u32,
     method: &'a Method,
+    /// From the start to the agent's hello (the exec request went along
+    /// with the handshake, so its answer mostly came with the hello).
     attach_s: f64,
-    /// Round trip of the exec request itself.
+    /// From the hello to the exec's answer.
     exec_s: f64,
     /// Time for the agent to clean up and hang up.
     detach_s: f64,
@@ -36,10 +38,21 @@ pub fn run(args: &ExecArgs) -> CmdResult {
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}; check the path", path.display()))?,
         (None, None) => unreachable!("clap requires CODE or --file"),
     };
-    let mut attached = attach::attach(args.attach.pid, &args.attach.options())?;
+    // The exec and the detach go along with the handshake: the agent
+    // answers them as it starts (see Listener::pipeline).
+    let mut opts = args.attach.options();
+    opts.pipeline = vec![
+        (
+            "exec".into(),
+            serde_json::json!({"code": code, "mode": ExecMode::Exec}),
+        ),
+        ("detach".into(), serde_json::Value::Null),
+    ];
+    let mut attached = attach::attach(args.attach.pid, &opts)?;
     let t = std::time::Instant::now();
     let result = attached.session.exec(&code, ExecMode::Exec);
     let exec_s = t.elapsed().as_secs_f64();
+    crate::inject::trace::trace(format_args!("exec answered"));
     let method = attached.method.clone();
     let attach_s = attached.attach_s;
     let session_dir = attached.session_dir.clone();

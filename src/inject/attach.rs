@@ -17,6 +17,7 @@ use super::pep768::{self, Pep768Request, Pep768Status};
 use super::preflight::{self, PreflightError};
 use super::ptrace::PtraceError;
 use super::ptrace_path::{self, PtraceMethod, PtraceRequest};
+use super::trace::trace;
 use crate::agent::session::{Listener, Session, SessionError};
 use crate::process::users;
 
@@ -38,6 +39,13 @@ pub struct AttachOptions {
     /// How long to wait for the interpreter to run our bootstrap.
     pub timeout: Duration,
     pub method: MethodChoice,
+    /// At detach, also wait for the agent's thread to end (it stays asleep
+    /// up to half a second after the session, see [`Attached::detach`]).
+    pub wait_detach: bool,
+    /// Requests (op, params) sent along with the handshake, answered with
+    /// the agent's hello (see [`Listener::pipeline`]): the session's first
+    /// requests, when they are known before attaching.
+    pub pipeline: Vec<(String, serde_json::Value)>,
 }
 
 impl Default for AttachOptions {
@@ -45,6 +53,8 @@ impl Default for AttachOptions {
         AttachOptions {
             timeout: Duration::from_secs(5),
             method: MethodChoice::Auto,
+            wait_detach: false,
+            pipeline: Vec::new(),
         }
     }
 }
@@ -112,18 +122,28 @@ pub struct Attached {
     pub session_dir: String,
     target: preflight::Target,
     leftover_page: Option<(u64, usize)>,
+    wait_detach: bool,
 }
 
 impl Attached {
-    /// Ends the session: the agent restores everything and its thread ends;
-    /// then our scratch page (pending-call path) is unmapped.
+    /// Ends the session: the agent restores everything, closes its socket
+    /// and removes what it imported; then our scratch page (pending-call
+    /// path) is unmapped. The agent's thread may stay asleep a little longer
+    /// (up to `RETIRE_GRACE_S`, half a second), holding only the stdout and
+    /// stderr proxies it replaced, so that a print() in flight in another
+    /// thread cannot use a freed proxy (cpython#130163); then it ends by
+    /// itself. With `wait_detach`, this also waits for that.
     pub fn detach(mut self) -> Result<(), AttachError> {
         let page = self.leftover_page.take();
         let session_result = self.session.detach();
         if let Some(page) = page {
             ptrace_path::unmap_leftover(&self.target.proc, &self.target.python, page)?;
         }
-        session_result?;
+        let detached = session_result?;
+        if self.wait_detach && detached.retire > Duration::ZERO {
+            wait_agent_thread_gone(&self.target.proc, &detached);
+            trace(format_args!("agent thread gone"));
+        }
         Ok(())
     }
 
@@ -139,9 +159,17 @@ const PEP768_BUSY_WAIT: Duration = Duration::from_millis(1500);
 
 pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
     let started = Instant::now();
+    trace(format_args!("pid {pid}: attach"));
     let target = preflight::check(pid)?;
+    trace(format_args!("pid {pid}: preflight done"));
     let mut listener = Listener::prepare(&target.proc, target.uid, target.gid)?;
+    for (op, params) in &opts.pipeline {
+        if !listener.pipeline(op, params.clone()) {
+            break;
+        }
+    }
     let code = listener.bootstrap_code(users::our_uid());
+    trace(format_args!("pid {pid}: listening, bootstrap rendered"));
     let mut notes = Vec::new();
     let deadline = started + opts.timeout;
 
@@ -187,6 +215,7 @@ pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
             }
         }
     };
+    trace(format_args!("pid {pid}: connected ({method})"));
     let session_dir = listener.dir_in_target().to_string();
     let session = match listener.into_session() {
         Ok(s) => s,
@@ -197,6 +226,7 @@ pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
             return Err(e.into());
         }
     };
+    trace(format_args!("pid {pid}: hello received"));
     Ok(Attached {
         session,
         method,
@@ -206,7 +236,52 @@ pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
         session_dir,
         target,
         leftover_page,
+        wait_detach: opts.wait_detach,
     })
+}
+
+/// Waits until the agent's thread has ended, at most its retire time plus
+/// a second (a loaded machine may be late to run it). Without a thread id,
+/// or one that cannot be found, waits the retire time plus a margin.
+fn wait_agent_thread_gone(proc: &crate::process::Process, d: &crate::agent::session::Detached) {
+    let limit = d.retire + Duration::from_secs(1);
+    let started = Instant::now();
+    let Some(tid) = d.agent_tid.and_then(|t| host_tid(proc, t)) else {
+        std::thread::sleep(d.retire + Duration::from_millis(50));
+        return;
+    };
+    let task = proc.path(&format!("task/{tid}"));
+    while task.exists() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The host id of thread `ns_tid` (an id in the target's own pid namespace):
+/// the task whose `NSpid:` ends with it; the same id where the kernel shows
+/// no NSpid.
+fn host_tid(proc: &crate::process::Process, ns_tid: u32) -> Option<u32> {
+    let dir = std::fs::read_dir(proc.path("task")).ok()?;
+    let mut saw_nspid = false;
+    for entry in dir.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let Some(line) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) else {
+            continue;
+        };
+        saw_nspid = true;
+        if line.split_whitespace().last().and_then(|v| v.parse().ok()) == Some(ns_tid) {
+            return Some(tid);
+        }
+    }
+    (!saw_nspid && proc.path(&format!("task/{ns_tid}")).exists()).then_some(ns_tid)
 }
 
 enum Pep768Outcome {
@@ -227,7 +302,9 @@ fn try_pep768(
             "runs a Python older than 3.14".into(),
         ));
     }
-    match pep768::status(proc, py)? {
+    let status = pep768::status(proc, py)?;
+    trace(format_args!("PEP 768 status read"));
+    match status {
         Pep768Status::Enabled { .. } => {}
         Pep768Status::DisabledInTarget => {
             return Ok(Pep768Outcome::Skipped(
@@ -266,18 +343,24 @@ fn try_pep768(
             Err(pep768::Pep768Error::AlreadyPending { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
+        trace(format_args!(
+            "PEP 768 request scheduled on {}",
+            scheduled.native_tid
+        ));
         tried.push(scheduled.native_tid);
         // A thread seen running Python picks the request up at its next
         // eval-breaker check; on a loaded machine that can take a while, so
-        // it gets longer than a thread that is probably parked.
-        let busy = thread_runs_python(target, scheduled.native_tid);
+        // it gets longer than a thread that is probably parked. (Sampled
+        // while listening: the bootstrap may connect meanwhile, and the
+        // sooner it is accepted, the sooner its load frame is there.)
+        let (busy, connected) = thread_runs_python(target, scheduled.native_tid, listener)?;
         let first_wait = if busy {
             PEP768_BUSY_WAIT
         } else {
             PEP768_FIRST_WAIT
         };
         let wait = first_wait.min(deadline.saturating_duration_since(Instant::now()));
-        if listener.wait(wait)? {
+        if connected || listener.wait(wait)? {
             return Ok(Pep768Outcome::Attached(Method::Pep768 {
                 tid: scheduled.native_tid,
                 main: scheduled.is_main,
@@ -298,15 +381,24 @@ fn try_pep768(
     ))
 }
 
-/// Whether `tid` is seen holding the GIL in a few quick samples.
-fn thread_runs_python(target: &preflight::Target, tid: u64) -> bool {
-    (0..5).any(|i| {
-        if i > 0 {
-            std::thread::sleep(Duration::from_millis(2));
+/// Whether `tid` is seen holding the GIL in a few quick samples, 2 ms
+/// apart, listening meanwhile; and whether the bootstrap connected.
+fn thread_runs_python(
+    target: &preflight::Target,
+    tid: u64,
+    listener: &mut Listener,
+) -> Result<(bool, bool), AttachError> {
+    for i in 0..5 {
+        if i > 0 && listener.wait(Duration::from_millis(2))? {
+            return Ok((true, true));
         }
-        pep768::threads(&target.proc, &target.python)
+        if pep768::threads(&target.proc, &target.python)
             .is_ok_and(|ts| ts.iter().any(|t| t.native_tid == tid && t.holds_gil))
-    })
+        {
+            return Ok((true, false));
+        }
+    }
+    Ok((false, false))
 }
 
 /// A thread (not yet tried) seen holding the GIL in a few quick samples.

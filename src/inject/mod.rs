@@ -9,3 +9,4 @@ pub mod ptrace;
 pub mod ptrace_path;
 pub mod remote;
 pub mod threads;
+pub mod trace;

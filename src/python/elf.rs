@@ -249,6 +249,15 @@ pub struct Section {
     pub file_range: Option<(u64, u64)>,
 }
 
+/// A function in a file's .dynsym.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedFunction {
+    pub name: String,
+    /// st_value: a link-time virtual address.
+    pub vaddr: u64,
+    pub size: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Symbol {
     /// st_value: a link-time virtual address.
@@ -312,7 +321,23 @@ impl ElfInfo {
                 size: file.size,
             });
         }
-        headers::load(file)
+        headers::load(file, false).map(|(info, _)| info)
+    }
+
+    /// [`load`](Self::load), plus every function the file exports (any
+    /// name, from .dynsym): what is needed of a C library, read without
+    /// reading the library whole (its headers, .dynsym and .dynstr: about
+    /// 100 kB of glibc's 2 MB).
+    pub fn load_with_functions(
+        file: &ElfFile,
+    ) -> Result<(ElfInfo, Vec<ExportedFunction>), ElfError> {
+        if file.size > MAX_ELF_SIZE {
+            return Err(ElfError::TooLarge {
+                path: file.path.clone(),
+                size: file.size,
+            });
+        }
+        headers::load(file, true)
     }
 
     /// A defined `Py*`/`_Py*` symbol, preferring the exported definition.

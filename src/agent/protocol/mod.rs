@@ -319,6 +319,10 @@ pub struct LoadOptions {
     pub repr_cap: usize,
     /// Cap on captured stdout/stderr per request, in characters.
     pub output_cap: usize,
+    /// Have the agent send the timestamps it took (hello and answers carry
+    /// `marks`: `[[label, time.monotonic()], ...]`), for MEMSLEUTH_TRACE_INJECT.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace: bool,
 }
 
 impl Default for LoadOptions {
@@ -326,6 +330,7 @@ impl Default for LoadOptions {
         LoadOptions {
             repr_cap: 1 << 20,
             output_cap: 16 << 20,
+            trace: false,
         }
     }
 }
@@ -415,6 +420,10 @@ pub struct Hello {
     /// The agent thread's `get_ident()`.
     #[serde(default)]
     pub agent_thread: u64,
+    /// The agent thread's kernel thread id as the target sees it (in its own
+    /// pid namespace), when the agent could tell.
+    #[serde(default)]
+    pub agent_tid: Option<u32>,
     /// Time the agent spent starting (imports, proxies), in seconds.
     #[serde(default)]
     pub gil_s: f64,

@@ -16,9 +16,10 @@ pub const AGENT_PLUGINS: &[&str] = &[
     include_str!("../plugins/gcstate.py"),
     include_str!("../plugins/refgraph.py"),
     include_str!("../plugins/watch.py"),
+    include_str!("../plugins/shell.py"),
 ];
 
-/// The agent source sent to the bootstrap in the load frame (the core only).
+/// The agent source the bootstrap compiles and runs (the core only).
 pub fn agent_source() -> String {
     String::from(AGENT_CORE)
 }
@@ -55,7 +56,8 @@ pub fn py_literal(s: &str) -> String {
 }
 
 /// The bootstrap with its parameters filled in, wrapped into the single
-/// statement the injector runs (see bootstrap.py).
+/// statement the injector runs (see bootstrap.py), with the agent's source
+/// beside it.
 pub fn render_bootstrap(socket_path: &str, token: &str, tool_uid: u32) -> String {
     render_bootstrap_for(socket_path, token, tool_uid, 0)
 }
@@ -97,7 +99,8 @@ pub fn render_bootstrap_for(
         inner.push('\n');
     }
     format!(
-        "exec(compile({}, '<memsleuth-bootstrap>', 'exec'), {{'__name__': '_memsleuth_bootstrap'}})\n",
-        py_literal(&inner)
+        "exec(compile({}, '<memsleuth-bootstrap>', 'exec'), {{'__name__': '_memsleuth_bootstrap', 'AGENT': {}}})\n",
+        py_literal(&inner),
+        py_literal(AGENT_CORE)
     )
 }

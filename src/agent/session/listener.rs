@@ -13,12 +13,16 @@ use serde_json::Value;
 use super::dir::{SocketDir, cstr, cvt, open_dir_at, open_dir_path};
 use super::{
     DEFAULT_REQUEST_TIMEOUT, DIR_PREFIX, HELLO_TIMEOUT, Result, SOCKET_NAME, Session, SessionError,
-    TMP_CANDIDATES, agent_source, render_bootstrap_for, setup_err,
+    TMP_CANDIDATES, render_bootstrap_for, setup_err,
 };
 use crate::agent::protocol::{
     self, Caps, Frame, Hello, LoadHeader, LoadOptions, ProtocolError, Response,
 };
+use crate::inject::trace::trace;
 use crate::process::Process;
+
+/// The largest request [`Listener::pipeline`] sends along.
+const PIPELINE_MAX: usize = 64 << 10;
 
 fn random_bytes(n: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; n];
@@ -93,9 +97,14 @@ pub struct Listener {
     listener: Option<UnixListener>,
     token: String,
     stream: Option<UnixStream>,
+    /// Why writing the load frame at accept failed (the bootstrap may have
+    /// refused and hung up already: its answer is still to be read).
+    load_error: Option<ProtocolError>,
     /// Connections from other pids that were turned away.
     rejected: u32,
     options: LoadOptions,
+    /// Requests sent right after the load frame: (id, op, params, frame).
+    pipelined: Vec<(u64, String, Value, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -135,8 +144,13 @@ impl Listener {
                         listener: Some(listener),
                         token,
                         stream: None,
+                        load_error: None,
                         rejected: 0,
-                        options: LoadOptions::default(),
+                        options: LoadOptions {
+                            trace: crate::inject::trace::enabled(),
+                            ..LoadOptions::default()
+                        },
+                        pipelined: Vec::new(),
                     });
                 }
                 Err(e) => last_err = Some(e),
@@ -267,9 +281,39 @@ impl Listener {
         Ok(format!("{}/{name}", self.dir_in_target))
     }
 
-    /// Session options sent to the agent (repr and output caps).
+    /// Session options sent to the agent (repr and output caps), at accept:
+    /// set them before [`wait`](Self::wait).
     pub fn set_options(&mut self, options: LoadOptions) {
         self.options = options;
+    }
+
+    /// Sends request `op` with `params` (an object or null) right behind the
+    /// load frame, so that the agent finds it as it starts and answers it
+    /// with its hello: a round trip less, and no wait for the GIL between
+    /// the two. The session's first [`Session::request`] with the same op
+    /// and params reads that answer (a different first request makes the
+    /// session skip it). Call before [`wait`](Self::wait). Only for the
+    /// agent's own ops (not plugin ones) and small requests (up to 64 KiB:
+    /// the socket buffer takes them at once); returns whether it was queued.
+    pub fn pipeline(&mut self, op: &str, params: Value) -> bool {
+        if super::bootstrap::plugin_for_op(op).is_some() || self.stream.is_some() {
+            return false;
+        }
+        let mut header = match &params {
+            Value::Object(m) => m.clone(),
+            Value::Null => serde_json::Map::new(),
+            _ => return false,
+        };
+        let id = self.pipelined.len() as u64 + 1;
+        header.insert("id".into(), Value::from(id));
+        header.insert("op".into(), Value::from(op));
+        match protocol::encode_frame(&Frame::new(Value::Object(header))) {
+            Ok(bytes) if bytes.len() <= PIPELINE_MAX => {
+                self.pipelined.push((id, op.to_string(), params, bytes));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// How many connections from a pid other than the target's were refused.
@@ -279,8 +323,9 @@ impl Listener {
 
     /// Waits up to `timeout` for the target to connect. A connection from any
     /// other pid is closed and the wait goes on. Returns true once connected
-    /// (then the listening socket is closed and the socket file and directory
-    /// are gone), false on timeout.
+    /// (then the listening socket is closed, the socket file and directory
+    /// are gone, and the load frame, with the token, is on its way: the
+    /// agent finds it as soon as it starts), false on timeout.
     pub fn wait(&mut self, timeout: Duration) -> Result<bool> {
         if self.stream.is_some() {
             return Ok(true);
@@ -333,11 +378,13 @@ impl Listener {
             let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
             match peer_cred(stream.as_raw_fd()) {
                 Ok(c) if c.pid > 0 && c.pid as u32 == self.target_pid => {
-                    self.stream = Some(stream);
                     // One connection per session: stop listening, and leave
                     // nothing in the target's filesystem.
                     self.listener = None;
                     self.dir.remove();
+                    trace(format_args!("accepted"));
+                    self.load_error = self.send_load(&stream).err();
+                    self.stream = Some(stream);
                     return Ok(true);
                 }
                 _ => {
@@ -348,55 +395,87 @@ impl Listener {
         }
     }
 
-    /// Sends the token and the agent, reads the hello. Needs a successful
-    /// [`wait`](Self::wait) first.
+    /// The load frame: the token and the session options (a few hundred
+    /// bytes: the socket buffer takes it without blocking).
+    fn send_load(&self, mut stream: &UnixStream) -> Result<(), ProtocolError> {
+        let header = LoadHeader {
+            op: "load".into(),
+            token: self.token.clone(),
+            options: self.options.clone(),
+        };
+        let header = serde_json::to_value(&header).map_err(|e| ProtocolError::Io(e.into()))?;
+        let mut bytes = protocol::encode_frame(&Frame::new(header))?;
+        for (.., frame) in &self.pipelined {
+            bytes.extend_from_slice(frame);
+        }
+        stream
+            .set_write_timeout(Some(HELLO_TIMEOUT))
+            .map_err(ProtocolError::Io)?;
+        // One write: the agent reads it all with one recv.
+        io::Write::write_all(&mut stream, &bytes).map_err(ProtocolError::Io)
+    }
+
+    /// Reads the agent's hello. Needs a successful [`wait`](Self::wait)
+    /// first.
     pub fn into_session(self) -> Result<Session> {
         let Listener {
             dir,
             stream,
-            token,
-            options,
+            load_error,
+            pipelined,
             ..
         } = self;
         let Some(mut stream) = stream else {
             return Err(SessionError::NotConnected);
         };
-        let header = LoadHeader {
-            op: "load".into(),
-            token,
-            options,
+        // With a request sent along, the hello comes with its answer.
+        let hello_timeout = if pipelined.is_empty() {
+            HELLO_TIMEOUT
+        } else {
+            HELLO_TIMEOUT + DEFAULT_REQUEST_TIMEOUT
         };
-        let header =
-            serde_json::to_value(&header).map_err(|e| SessionError::BadMessage(e.to_string()))?;
-        let frame = Frame::with_payload(header, agent_source().into_bytes());
         stream
-            .set_write_timeout(Some(HELLO_TIMEOUT))
-            .and_then(|_| stream.set_read_timeout(Some(HELLO_TIMEOUT)))
+            .set_read_timeout(Some(hello_timeout))
             .map_err(setup_err("set socket timeouts"))?;
-        protocol::write_frame(&mut stream, &frame).map_err(|e| match e {
-            ProtocolError::Io(ref io) if io.kind() == io::ErrorKind::BrokenPipe => {
-                refused_silently()
-            }
-            ProtocolError::Timeout => SessionError::Timeout {
-                op: "load".into(),
-                after: HELLO_TIMEOUT,
-            },
-            e => SessionError::Protocol(e),
-        })?;
         let frame = match protocol::read_frame(&mut stream, Caps::FROM_TARGET) {
             Ok(f) => f,
-            Err(ProtocolError::Closed) => return Err(refused_silently()),
-            Err(ProtocolError::Io(io)) if io.kind() == io::ErrorKind::ConnectionReset => {
-                return Err(refused_silently());
-            }
-            Err(ProtocolError::Timeout) => {
-                return Err(SessionError::Timeout {
-                    op: "hello".into(),
-                    after: HELLO_TIMEOUT,
+            Err(e) => {
+                // A refusal explains a failed load write; else the write
+                // error is the first thing that went wrong.
+                let e = load_error.unwrap_or(e);
+                return Err(match e {
+                    ProtocolError::Closed => refused_silently(),
+                    ProtocolError::Io(io)
+                        if matches!(
+                            io.kind(),
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                        ) =>
+                    {
+                        refused_silently()
+                    }
+                    ProtocolError::Io(io)
+                        if matches!(
+                            io.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        SessionError::Timeout {
+                            op: "hello".into(),
+                            after: hello_timeout,
+                        }
+                    }
+                    ProtocolError::Timeout => SessionError::Timeout {
+                        op: "hello".into(),
+                        after: hello_timeout,
+                    },
+                    e => SessionError::Protocol(e),
                 });
             }
-            Err(e) => return Err(SessionError::Protocol(e)),
         };
+        trace(format_args!("first frame from the agent"));
+        if let Some(m) = frame.header.get("result").and_then(|r| r.get("marks")) {
+            crate::inject::trace::trace_target_marks(m);
+        }
         let op = frame.header.get("op").and_then(Value::as_str).unwrap_or("");
         if op == "refused" {
             let reason = frame
@@ -433,7 +512,11 @@ impl Listener {
             plugins_loaded: 0,
             hello,
             stream,
-            next_id: 1,
+            next_id: pipelined.len() as u64 + 1,
+            pipelined: pipelined
+                .into_iter()
+                .map(|(id, op, params, _)| (id, op, params))
+                .collect(),
             timeout: Some(DEFAULT_REQUEST_TIMEOUT),
             broken: None,
             finished: false,

@@ -3,14 +3,19 @@
 //! 1. [`Listener::prepare`] makes a private directory in the target's own
 //!    filesystem (`/proc/PID/root/tmp/memsleuth-XXXXXX`, mode 0700, owned by
 //!    the target's uid), binds a Unix socket `s` in it (0600, listen(1)) and
-//!    draws a random token.
-//! 2. The injector runs [`Listener::bootstrap_code`] in the target.
+//!    draws a random token. [`Listener::pipeline`] may queue the session's
+//!    first requests.
+//! 2. The injector runs [`Listener::bootstrap_code`] in the target: the
+//!    bootstrap connects, checks our uid (SO_PEERCRED), compiles the agent
+//!    (its source comes with the bootstrap) and starts the agent's thread.
 //! 3. [`Listener::wait`] accepts the connection, checks with SO_PEERCRED that
 //!    it comes from the target's pid, then closes the listening socket and
-//!    removes the socket file and directory at once: nobody else can connect,
-//!    and a bootstrap that runs late finds nothing and does nothing.
-//! 4. [`Listener::into_session`] sends the token and the agent source, and
-//!    reads the agent's hello.
+//!    removes the socket file and directory at once (nobody else can connect,
+//!    and a bootstrap that runs late finds nothing and does nothing), and
+//!    writes the load frame (token, options) and the queued requests.
+//! 4. The agent checks the token before it touches anything, installs its
+//!    output capture and says hello, answering the queued requests in the
+//!    same write. [`Listener::into_session`] reads the hello.
 //! 5. [`Session`] runs requests; [`Session::detach`] (or dropping it) tells the
 //!    agent to restore everything and end its thread.
 //!
@@ -24,6 +29,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
+
+use crate::inject::trace::trace;
 
 use super::protocol::{
     self, Caps, CompileCheck, Completions, EvalResult, ExecMode, ExecResult, Frame, Hello, Pong,
@@ -104,6 +111,8 @@ pub struct Session {
     plugins_loaded: u64,
     stream: UnixStream,
     next_id: u64,
+    /// Requests sent with the load frame, not yet asked for: (id, op, params).
+    pipelined: std::collections::VecDeque<(u64, String, Value)>,
     timeout: Option<Duration>,
     broken: Option<String>,
     /// Detach was sent (or the connection is gone): Drop does nothing more.
@@ -179,6 +188,15 @@ impl Session {
         if let Some(why) = &self.broken {
             return Err(SessionError::Broken(why.clone()));
         }
+        // Sent along with the load frame already: only its answer is due.
+        match self.pipelined.pop_front() {
+            Some((id, o, p)) if o == op && p == params => {
+                return self.read_response(op, id, on_chunk);
+            }
+            // Not asked for after all: its answer will be skipped.
+            Some(_) => self.pipelined.clear(),
+            None => {}
+        }
         if let Some((index, source)) = bootstrap::plugin_for_op(op)
             && self.plugins_loaded & (1 << index) == 0
         {
@@ -218,6 +236,17 @@ impl Session {
             let e = ProtocolError::Io(e);
             return Err(self.fail(op, normalize(e)));
         }
+        self.read_response(op, id, on_chunk)
+    }
+
+    /// Reads frames until the answer to request `id` (chunks of it go to
+    /// `on_chunk`; answers to other ids are skipped).
+    fn read_response(
+        &mut self,
+        op: &str,
+        id: u64,
+        on_chunk: &mut dyn FnMut(Frame) -> Result<()>,
+    ) -> Result<Response> {
         loop {
             let frame = match protocol::read_frame(&mut self.stream, Caps::FROM_TARGET) {
                 Ok(f) => f,
@@ -234,6 +263,9 @@ impl Session {
                     return Err(e);
                 }
                 continue;
+            }
+            if let Some(m) = frame.header.get("marks") {
+                crate::inject::trace::trace_target_marks(m);
             }
             let resp = match Response::from_frame(frame) {
                 Ok(r) => r,
@@ -310,12 +342,15 @@ impl Session {
     }
 
     /// Tells the agent to restore everything and end, and waits until it
-    /// has (it hangs up as the last step of its cleanup).
-    pub fn detach(mut self) -> Result<()> {
+    /// has restored everything (it hangs up as the last step of its cleanup).
+    /// Its thread then stays asleep for [`Detached::retire`] at most, holding
+    /// only the stdout/stderr proxies it replaced (see `_retire` in
+    /// agent.py), and ends: [`Detached`] says how to wait for that.
+    pub fn detach(mut self) -> Result<Detached> {
         self.detach_inner(None)
     }
 
-    fn detach_inner(&mut self, timeout: Option<Duration>) -> Result<()> {
+    fn detach_inner(&mut self, timeout: Option<Duration>) -> Result<Detached> {
         if let Some(t) = timeout {
             self.timeout = Some(t);
             self.apply_timeout(Some(t))?;
@@ -328,19 +363,44 @@ impl Session {
                 error: resp.error.unwrap_or_default(),
             });
         }
+        trace(format_args!("detach answered"));
+        let retire = resp
+            .result
+            .get("retire_s")
+            .and_then(Value::as_f64)
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s.min(60.0)));
+        let detached = Detached {
+            agent_tid: self.hello.agent_tid,
+            retire,
+        };
         // Wait for the hang-up that ends the agent's cleanup.
         self.apply_timeout(Some(timeout.unwrap_or(DETACH_EOF_TIMEOUT)))?;
         let mut buf = [0u8; 256];
         loop {
             match self.stream.read(&mut buf) {
-                Ok(0) => return Ok(()),
+                Ok(0) => {
+                    trace(format_args!("agent hung up"));
+                    return Ok(detached);
+                }
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(detached),
                 Err(e) => return Err(self.fail("detach", normalize(ProtocolError::Io(e)))),
             }
         }
     }
+}
+
+/// What is left of an agent after [`Session::detach`]: its thread, asleep
+/// for `retire` at most before it ends (nothing else: the target is
+/// restored and the socket is closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detached {
+    /// The agent thread's id in the target's own pid namespace, if known.
+    pub agent_tid: Option<u32>,
+    /// How long the thread stays after the hang-up (0: it ends at once).
+    pub retire: Duration,
 }
 
 fn normalize(e: ProtocolError) -> ProtocolError {

@@ -66,6 +66,7 @@ use std::time::{Duration, Instant};
 use super::ptrace::{PtraceError, Result};
 use super::remote::{self, Tracee};
 use super::threads::{self, Activity, ThreadInfo, ThreadReport};
+pub(super) use super::trace::trace;
 use crate::process::Process;
 use crate::process::maps::Mapping;
 use crate::python::PythonProcess;
@@ -375,19 +376,6 @@ fn gone_or_io(pid: u32, op: &str, e: std::io::Error) -> PtraceError {
     }
 }
 
-/// Progress notes on stderr when MEMSLEUTH_TRACE_INJECT is set (debugging).
-fn trace(args: std::fmt::Arguments) {
-    static ON: std::sync::OnceLock<Option<Instant>> = std::sync::OnceLock::new();
-    if let Some(t0) =
-        ON.get_or_init(|| std::env::var_os("MEMSLEUTH_TRACE_INJECT").map(|_| Instant::now()))
-    {
-        eprintln!(
-            "memsleuth inject [{:.3} ms]: {args}",
-            t0.elapsed().as_secs_f64() * 1e3
-        );
-    }
-}
-
 struct Ctx<'a> {
     pid: u32,
     py: &'a PythonProcess,
@@ -414,8 +402,11 @@ impl<'a> Ctx<'a> {
                 }
             }
         })?;
+        trace(format_args!("maps read"));
         let sym = py_symbols(py)?;
+        trace(format_args!("python symbols"));
         let libc = find_libc(proc, &maps)?;
+        trace(format_args!("libc parsed"));
         let binary = py.binary.to_string_lossy();
         let py_text = maps
             .iter()

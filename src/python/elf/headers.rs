@@ -6,14 +6,15 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use object::elf::{
-    ET_DYN, ET_EXEC, PN_XNUM, PT_LOAD, SHF_ALLOC, SHN_XINDEX, SHT_DYNSYM, SHT_SYMTAB,
+    ET_DYN, ET_EXEC, PN_XNUM, PT_LOAD, SHF_ALLOC, SHN_XINDEX, SHT_DYNSYM, SHT_SYMTAB, STT_FUNC,
+    STT_GNU_IFUNC,
 };
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::{Endianness, ReadRef, SectionIndex};
 
 use super::sparse::Sparse;
-use super::symbols::{LazySymtab, MAX_NAME, SymIndex, Symbols, table_ranges};
-use super::{ElfError, ElfFile, ElfInfo, ElfKind, LoadSegment, Section};
+use super::symbols::{LazySymtab, MAX_NAME, MAX_SYMBOLS, SymIndex, Symbols, table_ranges};
+use super::{ElfError, ElfFile, ElfInfo, ElfKind, ExportedFunction, LoadSegment, Section};
 
 /// The first read of a file: the ELF header and, usually, the program headers.
 const HEAD: u64 = 4096;
@@ -151,22 +152,65 @@ fn read(file: &ElfFile, data: &mut Sparse, ranges: &[(u64, u64)]) -> Result<(), 
 }
 
 /// [`ElfInfo::load`]: reads the headers, then what they point to, then
-/// parses all of it as [`parts`] would the whole file.
-pub(super) fn load(file: &ElfFile) -> Result<ElfInfo, ElfError> {
+/// parses all of it as [`parts`] would the whole file. With `functions`,
+/// also lists every function .dynsym defines.
+pub(super) fn load(
+    file: &ElfFile,
+    functions: bool,
+) -> Result<(ElfInfo, Vec<ExportedFunction>), ElfError> {
     let mut data = Sparse::new(file.size);
     read(file, &mut data, &[(0, HEAD)])?;
     match object::FileKind::parse(&data) {
-        Ok(object::FileKind::Elf32) => load_as::<object::elf::FileHeader32<Endianness>>(file, data),
-        Ok(object::FileKind::Elf64) => load_as::<object::elf::FileHeader64<Endianness>>(file, data),
+        Ok(object::FileKind::Elf32) => {
+            load_as::<object::elf::FileHeader32<Endianness>>(file, data, functions)
+        }
+        Ok(object::FileKind::Elf64) => {
+            load_as::<object::elf::FileHeader64<Endianness>>(file, data, functions)
+        }
         Ok(_) => Err(ElfError::Malformed("not ELF".into())),
         Err(e) => Err(bad(e)),
     }
 }
 
+/// Defined functions (STT_FUNC and GNU ifuncs) of .dynsym, any name, up to
+/// the symbol cap, in table order.
+fn exported_functions<'d, H: FileHeader<Endian = Endianness>, R: ReadRef<'d>>(
+    data: R,
+) -> Result<Vec<ExportedFunction>, ElfError> {
+    use object::read::elf::Sym;
+    let header = H::parse(data).map_err(bad)?;
+    let endian = header.endian().map_err(bad)?;
+    let sections = header.sections(endian, data).map_err(bad)?;
+    let dynsym = sections.symbols(endian, data, SHT_DYNSYM).map_err(bad)?;
+    let mut out = Vec::new();
+    for sym in dynsym.symbols().iter().skip(1).take(MAX_SYMBOLS) {
+        let kind = sym.st_type();
+        if !sym.is_definition(endian) || !(kind == STT_FUNC || kind == STT_GNU_IFUNC) {
+            continue;
+        }
+        let Ok(name) = dynsym.symbol_name(endian, sym) else {
+            continue;
+        };
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if name.len() > MAX_NAME {
+            continue;
+        }
+        out.push(ExportedFunction {
+            name: name.to_owned(),
+            vaddr: sym.st_value(endian).into(),
+            size: sym.st_size(endian).into(),
+        });
+    }
+    Ok(out)
+}
+
 fn load_as<H: FileHeader<Endian = Endianness>>(
     file: &ElfFile,
     mut data: Sparse,
-) -> Result<ElfInfo, ElfError> {
+    functions: bool,
+) -> Result<(ElfInfo, Vec<ExportedFunction>), ElfError> {
     // Extended numbering keeps the counts in section 0.
     let section_0 = {
         let header = H::parse(&data).map_err(bad)?;
@@ -217,10 +261,15 @@ fn load_as<H: FileHeader<Endian = Endianness>>(
     };
     read(file, &mut data, &tables)?;
     let parts = parts::<H, _>(&data, false)?;
+    let functions = if functions {
+        exported_functions::<H, _>(&data)?
+    } else {
+        Vec::new()
+    };
     let lazy = parts.has_symtab.then(|| LazySymtab {
         file: file.file.clone(),
         data,
         is_64: parts.is_64,
     });
-    Ok(parts.info(lazy))
+    Ok((parts.info(lazy), functions))
 }

@@ -15,7 +15,7 @@ use super::Symbol;
 use super::sparse::Sparse;
 
 /// Caps on what a (possibly hostile) symbol table can make us store.
-const MAX_SYMBOLS: usize = 200_000;
+pub(super) const MAX_SYMBOLS: usize = 200_000;
 pub(super) const MAX_NAME: usize = 256;
 
 /// Defined `Py*`/`_Py*` symbols of one table; the first definition of a
