@@ -120,7 +120,9 @@ fn drive(interp: &Interpreter) {
     let before = t.report_state();
     let label = format!("{}-{}", interp.version.0 * 100 + interp.version.1, t.pid);
     let cmd = format!(
-        "{} view {}; echo MEMSLEUTH-EXIT=$?; sleep 600",
+        // --wait-detach: the agent thread has ended when the command returns
+        // (on Pythons before 3.12.10 / 3.13.3 it retires up to 0.5 s later).
+        "{} view --wait-detach {}; echo MEMSLEUTH-EXIT=$?; sleep 600",
         env!("CARGO_BIN_EXE_memsleuth"),
         t.pid
     );
@@ -218,7 +220,9 @@ fn ctrl_c_and_sigterm_still_detach() {
         let t = spawn_target(interp, "unbounded_cache", &["--main", "sleep"]).unwrap();
         let before = t.report_state();
         let cmd = format!(
-            "{} view {}; echo MEMSLEUTH-EXIT=$?; sleep 600",
+            // --wait-detach: the agent thread has ended when the command returns
+        // (on Pythons before 3.12.10 / 3.13.3 it retires up to 0.5 s later).
+        "{} view --wait-detach {}; echo MEMSLEUTH-EXIT=$?; sleep 600",
             env!("CARGO_BIN_EXE_memsleuth"),
             t.pid
         );
