@@ -89,7 +89,10 @@ impl Doc {
 fn doctor(t: &Target, extra: &[&str]) -> Doc {
     let pid = t.pid.to_string();
     let mut cmd = memsleuth();
-    cmd.args(["doctor", &pid, "--json", "--duration", DURATION]);
+    cmd.args(["doctor", &pid, "--json"]);
+    if !extra.contains(&"--duration") {
+        cmd.args(["--duration", DURATION]);
+    }
     cmd.args(extra);
     let r = run(&mut cmd);
     let json: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| {
@@ -203,7 +206,8 @@ fn python_objects(main: &str) {
         let Some(t) = spawn(i, "unbounded_cache", &["--main", main]) else {
             return;
         };
-        let d = doctor(&t, &[]);
+        // The default window: the retainer walk must fit its GIL budget too.
+        let d = doctor(&t, &["--duration", "20s"]);
         expect_first(&t, &d, "python-objects");
         let ev = &d.first()["evidence"];
         let types = names(&ev["types"]);

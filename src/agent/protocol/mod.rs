@@ -367,6 +367,11 @@ pub struct Response {
     /// for how long it held the GIL), in seconds.
     #[serde(default)]
     pub gil_s: f64,
+    /// The agent thread's CPU time over the request, when it can read it:
+    /// a better measure of GIL hold than wall time, which also counts
+    /// socket writes (GIL released) and time a busy machine kept it waiting.
+    #[serde(default)]
+    pub gil_cpu_s: Option<f64>,
     #[serde(default)]
     pub result: Value,
     #[serde(default)]

@@ -509,6 +509,7 @@ impl Listener {
         hello.gil_s = resp.gil_s;
         let session = Session {
             gil_total_s: 0.0,
+            gil_used_s: 0.0,
             plugins_loaded: 0,
             hello,
             stream,

@@ -107,6 +107,9 @@ pub struct Session {
     /// Sum of `gil_s` over every answer so far: the time this session made
     /// the target spend in our Python code (a proxy for GIL hold time).
     pub gil_total_s: f64,
+    /// The same with each answer's CPU measure where the agent gave one
+    /// (`gil_cpu_s`), its wall time otherwise.
+    pub gil_used_s: f64,
     /// Bit i: plugin i of `AGENT_PLUGINS` is loaded in the agent.
     plugins_loaded: u64,
     stream: UnixStream,
@@ -278,6 +281,10 @@ impl Session {
             if resp.id == id {
                 if resp.gil_s.is_finite() && resp.gil_s > 0.0 {
                     self.gil_total_s += resp.gil_s;
+                }
+                let used = resp.gil_cpu_s.unwrap_or(resp.gil_s);
+                if used.is_finite() && used > 0.0 {
+                    self.gil_used_s += used;
                 }
                 return Ok(resp);
             }

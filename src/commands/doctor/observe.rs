@@ -180,7 +180,7 @@ pub fn observe(
                 &mut extras,
             );
             if extras.gil_s == 0.0 {
-                extras.gil_s = attached.session.gil_total_s;
+                extras.gil_s = attached.session.gil_used_s + attached.session.hello.gil_s.max(0.0);
             }
             let detached = attached.detach();
             if let Err(e) = watched {

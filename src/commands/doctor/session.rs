@@ -35,9 +35,9 @@ fn booked<T>(
     part: &'static str,
     f: impl FnOnce(&mut Session) -> T,
 ) -> T {
-    let before = s.gil_total_s;
+    let before = s.gil_used_s;
     let out = f(s);
-    *parts.entry(part).or_default() += (s.gil_total_s - before).max(0.0);
+    *parts.entry(part).or_default() += (s.gil_used_s - before).max(0.0);
     out
 }
 
@@ -99,7 +99,13 @@ pub(super) fn watch(
         ..Default::default()
     };
     let since = |at: Instant| at.saturating_duration_since(t0).as_secs_f64();
-    extras.gil_parts.insert("attach", s.gil_total_s);
+    // The agent's start-up (compiling itself, its imports) is ours too.
+    let started = if s.hello.gil_s.is_finite() {
+        s.hello.gil_s.max(0.0)
+    } else {
+        0.0
+    };
+    extras.gil_parts.insert("attach", started);
     py.threads_first = booked(s, &mut extras.gil_parts, "threads", threads)?;
     let gc = |s: &mut Session, py: &mut PythonSide, extras: &mut Extras| -> anyhow::Result<()> {
         let t = since(Instant::now());
@@ -115,7 +121,7 @@ pub(super) fn watch(
     // censuses the agent's own hold total (the request's wall time also
     // counts waits for the GIL between chunks, when we did not hold it).
     let mut over = 0.0f64; // request time that was not a hold
-    let spent = |s: &Session, over: f64| (s.gil_total_s - over).max(0.0);
+    let spent = move |s: &Session, over: f64| (started + s.gil_used_s - over).max(0.0);
 
     // The first census is gc-only (cheap), to learn what one costs here;
     // complete censuses (which also count str, int, ... through the tracked
@@ -133,16 +139,19 @@ pub(super) fn watch(
                    over: &mut f64,
                    extras: &mut Extras|
      -> anyhow::Result<(Census, f64, f64)> {
-        let before = s.gil_total_s;
+        let before = s.gil_used_s;
         let t = since(Instant::now());
         let c = if req.gc_only {
             type_counts(s)?
         } else {
             take_census(s, req)?.0
         };
-        let asked = s.gil_total_s - before;
+        let asked = s.gil_used_s - before;
+        // The agent's census hold excludes its socket writes; the request's
+        // CPU figure (when the agent could read one) excludes time off the
+        // CPU too. Whichever is smaller.
         let cost = if c.stats.hold_total_s > 0.0 {
-            c.stats.hold_total_s.min(asked.max(c.stats.hold_total_s))
+            c.stats.hold_total_s.min(asked)
         } else {
             asked
         };
@@ -364,10 +373,10 @@ pub(super) fn watch(
                 samples: WHY_SAMPLES,
                 depth: WHY_DEPTH,
             };
-            let before = attached.session.gil_total_s;
+            let before = attached.session.gil_used_s;
             let walked = why_collect(attached, &q);
             *extras.gil_parts.entry("retainer paths").or_default() +=
-                (attached.session.gil_total_s - before).max(0.0);
+                (attached.session.gil_used_s - before).max(0.0);
             match walked {
                 Ok(w) => py.why = Some(w),
                 Err(e) => obs.skipped.push(Skipped {
