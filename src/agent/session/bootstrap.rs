@@ -12,7 +12,11 @@ pub const AGENT_CORE: &str = include_str!("../agent.py");
 /// session loads a plugin the first time one of its ops is asked for (see
 /// [`plugin_for_op`]).
 pub const AGENT_PLUGINS: &[&str] = &[
-    include_str!("../plugins/census.py"),
+    concat!(
+        include_str!("../plugins/census_own.py"),
+        include_str!("../plugins/census.py")
+    ),
+    include_str!("../plugins/census_reprs.py"),
     include_str!("../plugins/gcstate.py"),
     include_str!("../plugins/refgraph.py"),
 ];
