@@ -56,7 +56,10 @@ _CENSUS_HAVE_GC = 1 << 14
 # extra memory small: about 250 bytes per tracked object in a chunk.
 _CENSUS_CHUNK_FIRST = 4000
 _CENSUS_CHUNK_MIN = 1000
-_CENSUS_CHUNK_MAX = 25000
+_CENSUS_CHUNK_MAX = 16000
+# Containers bigger than this (bytes) are iterated rather than copied by
+# gc.get_referents.
+_CENSUS_BIG = 1 << 16
 # Bytes per read of /proc/self/mem: a read this short rarely gives the GIL
 # away to a busy thread (the read is over before that thread wakes up).
 _CENSUS_READ = 16384
@@ -109,6 +112,7 @@ def _census_tools():
     t['count'] = itertools.count
     t['is_'] = operator.is_
     t['not_'] = operator.not_
+    t['le'] = operator.le
     t['eq'] = operator.eq
     t['call'] = getattr(operator, 'call', None)
     t['itemgetter'] = operator.itemgetter
@@ -581,17 +585,42 @@ class _census_Census(object):
                 dicts.append(d)
                 otypes.append(tp)
 
-    def extra_refs(self, refs, objs, keys, present):
-        """Adds what gc.get_referents does not show: the keys of dicts (a
-        dict with only str keys does not traverse them), and the constants,
-        names and bytecode of code objects (not traversed at all)."""
+    def extra_refs(self, objs, keys, present):
+        """Iterables of what gc.get_referents does not show: the keys of
+        dicts (a dict with only str keys does not traverse them), and the
+        constants, names and bytecode of code objects (not traversed)."""
         t = self.t
+        out = []
         m = self.mask(keys, present, self.groups[_CENSUS_F_DICT])
         if m is not None:
-            refs.extend(t['chain'](t['map'](t['keys'], t['compress'](objs, m))))
+            out.append(t['chain'](t['map'](t['keys'], t['compress'](objs, m))))
         m = self.mask(keys, present, self.groups[_CENSUS_F_CODE])
         if m is not None:
-            refs.extend(t['chain'](t['map'](t['code_attrs'], t['compress'](objs, m))))
+            out.append(t['chain'](t['map'](t['code_attrs'], t['compress'](objs, m))))
+        return out
+
+    def referents(self, objs, sizes):
+        """Iterables of what objs refer to, without copying the items of
+        big containers (gc.get_referents would copy a million-entry dict's
+        values into a list): exact lists, tuples, sets and dicts over
+        _CENSUS_BIG bytes are iterated instead."""
+        t = self.t
+        if max(sizes) < _CENSUS_BIG:
+            return [gc.get_referents(*objs)]
+        big = list(t['compress'](t['count'](), t['map'](t['le'], t['repeat'](_CENSUS_BIG), sizes)))
+        rest = list(objs)
+        out = []
+        for i in reversed(big):
+            o = rest.pop(i)
+            tp = type(o)
+            if tp is list or tp is tuple or tp is set or tp is frozenset:
+                out.append(o)
+            elif tp is dict:
+                out.append(dict.values(o))  # (its keys: extra_refs)
+            else:
+                out.append(gc.get_referents(o))
+        out.append(gc.get_referents(*rest))
+        return out
 
     def chunk(self, objs):
         t = self.t
@@ -606,23 +635,21 @@ class _census_Census(object):
                 self.own_keys_add()
                 objs, tl, keys = self.drop_own(objs, tl, keys, present)
         m = None
-        self.add_records('t', objs, tl, self.sizes(objs, keys))
+        sizes = self.sizes(objs, keys)
+        self.add_records('t', objs, tl, sizes)
         self.n_tracked += len(objs)
         self.chunks += 1
         dicts = []
         otypes = []
+        refs = []
         plain = self.mask(keys, present, self.groups[_CENSUS_F_PLAIN])
         if plain is not None:
             inst = list(comp(objs, plain))
             flat = gc.get_referents(*inst)
             self.plain_owners(inst, list(comp(tl, plain)), flat, dicts, otypes)
             inst = None
-            refs = flat
+            refs.append(flat)
             flat = None
-            refs.extend(gc.get_referents(*comp(objs, t['map'](t['not_'], plain))))
-        else:
-            refs = None if self.gc_only else gc.get_referents(*objs)
-        plain = None
         m = self.mask(keys, present, self.owner_keys)
         if m is not None:
             self.other_owners(list(comp(objs, m)), list(comp(tl, m)), list(comp(keys, m)),
@@ -635,9 +662,18 @@ class _census_Census(object):
         dicts = otypes = None
         if self.gc_only:
             return
-        self.extra_refs(refs, objs, keys, present)
+        if plain is not None:
+            rest = list(comp(objs, t['map'](t['not_'], plain)))
+            sizes = t['array'](t['tc'], comp(sizes, t['map'](t['not_'], plain)))
+        else:
+            rest = objs
+        plain = None
+        if rest:
+            refs.extend(self.referents(rest, sizes))
+        rest = sizes = None
+        refs.extend(self.extra_refs(objs, keys, present))
         tl = keys = present = objs = None
-        level = list(t['filterfalse'](gc.is_tracked, refs))
+        level = list(t['filterfalse'](gc.is_tracked, t['chain'](refs)))
         refs = None
         self.untracked(level)
 
@@ -665,10 +701,9 @@ class _census_Census(object):
             hashes = ltl = None
             if self.groups[_CENSUS_F_GC].isdisjoint(present):
                 break
-            refs = gc.get_referents(*level)
-            self.extra_refs(refs, level, keys, present)
+            refs = [gc.get_referents(*level)] + self.extra_refs(level, keys, present)
             keys = present = level = None
-            level = list(t['filterfalse'](gc.is_tracked, refs))
+            level = list(t['filterfalse'](gc.is_tracked, t['chain'](refs)))
             refs = None
 
     def run(self):
