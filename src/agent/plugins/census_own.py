@@ -1,5 +1,5 @@
-# memsleuth agent plugin, part of `census` (sent together with census.py,
-# before it): which objects are the agent's own, to leave out of a census.
+# memsleuth agent plugin, part of `census` (sent with census_types.py and
+# census.py): which objects are the agent's own, to leave out of a census.
 #
 # Appended to agent.py and run in the same namespace, so every global here is
 # prefixed `_census_`. Stdlib only, one source for 2.7 and 3.6-3.15.
@@ -85,7 +85,8 @@ def _census_own_walk(c, objs):
     # snapshot on the frame, and on 2.7, where every frame is in `objs`, a
     # snapshot holding `objs` would be a cycle keeping the whole list alive).
     skip = set([_census_op.__code__])
-    for fn in list(_census_Census.__dict__.values()) + [_census_own_walk]:
+    for fn in (list(_census_Census.__dict__.values()) + list(_census_Registry.__dict__.values())
+               + [_census_own_walk]):
         if hasattr(fn, '__code__'):
             skip.add(fn.__code__)
     f = sys._getframe(1)

@@ -14,6 +14,7 @@ pub const AGENT_CORE: &str = include_str!("../agent.py");
 pub const AGENT_PLUGINS: &[&str] = &[
     concat!(
         include_str!("../plugins/census_own.py"),
+        include_str!("../plugins/census_types.py"),
         include_str!("../plugins/census.py")
     ),
     include_str!("../plugins/census_reprs.py"),
