@@ -21,10 +21,10 @@
 //! (what `sys.getsizeof` adds: the GC header and pre-header; 0 where the
 //! agent sent getsizeof itself).
 //!
-//! Ints and floats are identified by (address, hash) when fingerprinted:
-//! their memory is reused at once, so a new number often sits at the
-//! address of one that died; keys for them have bit 63 set (addresses never
-//! do).
+//! Across censuses (`growth`), ints and floats are identified by (address,
+//! hash) when fingerprinted: their memory is reused at once, so a new number
+//! often sits at the address of one that died; keys for them have bit 63
+//! set (addresses never do). Within one census an address is one object.
 //!
 //! [`CensusBuilder`] deduplicates by identity across chunks (an untracked
 //! str referenced from many chunks counts once; the first record wins) and
@@ -236,7 +236,8 @@ pub struct Census {
     pub payload_bytes: u64,
     /// Untracked records dropped as already counted.
     pub repeats: u64,
-    /// Time memsleuth spent aggregating the frames as they came.
+    /// Time memsleuth spent aggregating the frames (as they came, and at
+    /// the end).
     #[serde(default)]
     pub feed_s: f64,
     pub stats: AgentStats,

@@ -86,51 +86,44 @@ fn a_tracked_object_seen_again_untracked_counts_once() {
 }
 
 #[test]
-fn fingerprints_tell_reused_addresses_apart() {
-    let mut b = CensusBuilder::new(true);
+fn fingerprints_identify_numbers_across_censuses() {
     let h = |seg: Value| {
         let mut h = head(seg);
         h["fpt"] = json!([3]);
         h
     };
-    // An int at 500 with hash 7, referenced twice: one object.
-    b.feed(
-        &h(json!([["u", 2, 2]])),
-        &words(&[500, 500, 3, 3, 28, 28, 7, 7]),
-    )
-    .unwrap();
-    // Later the address holds another int (hash 9): a second object. A str
-    // in the same segment has no hash.
-    b.feed(
-        &h(json!([["u", 2, 1]])),
-        &words(&[600, 500, 4, 3, 50, 28, 9]),
-    )
-    .unwrap();
-    // A str at an address once used by an int is not fingerprinted.
-    b.feed(&h(json!([["t", 1]])), &words(&[500, 4, 50]))
+    let census = |hash: u64| {
+        let mut b = CensusBuilder::new(true);
+        // An int at 0x500 referenced twice, and a str (no hash).
+        b.feed(
+            &h(json!([["u", 3, 2]])),
+            &words(&[0x500, 0x600, 0x500, 3, 4, 3, 28, 50, 28, hash, hash]),
+        )
         .unwrap();
-    let c = b
-        .finish(&result(json!([
+        b.finish(&result(json!([
             [3, "builtins", "int", 0],
             [4, "builtins", "str", 0]
         ])))
-        .unwrap();
-    assert_eq!(c.row("int").unwrap().count, 2);
-    assert_eq!(c.row("str").unwrap().count, 2);
-    let keys = &c.ids.as_ref().unwrap()["int"];
-    assert!(keys.iter().all(|k| k >> 63 == 1));
-    // Fingerprinted keys are never offered as ids to look up.
-    let empty = Census {
-        ids: Some(BTreeMap::new()),
-        ..c.clone()
+        .unwrap()
     };
-    assert!(new_ids(&empty, &c, "int", 3).is_empty());
+    let a = census(7);
+    assert_eq!(a.row("int").unwrap().count, 1);
+    assert_eq!(a.row("str").unwrap().count, 1);
+    let keys = &a.ids.as_ref().unwrap()["int"];
+    assert!(keys.iter().all(|k| k >> 63 == 1));
+    assert_eq!(a.ids.as_ref().unwrap()["str"], vec![0x600]);
+    // Later the address holds another int: born and died, not the same one.
+    let b = census(9);
+    assert_eq!(turnover(&a, &b, "int"), Some((1, 1)));
+    assert_eq!(turnover(&a, &census(7), "int"), Some((0, 0)));
+    // Fingerprinted keys are never offered as ids to look up.
+    assert!(new_ids(&a, &b, "int", 3).is_empty());
     // Hashes must match the fingerprinted records one for one.
     let mut b = CensusBuilder::new(false);
     assert_eq!(
         b.feed(
             &h(json!([["u", 2, 1]])),
-            &words(&[500, 501, 3, 3, 28, 28, 7])
+            &words(&[0x500, 0x508, 3, 3, 28, 28, 7])
         ),
         Err(CensusError::BadSegment("u hashes"))
     );
