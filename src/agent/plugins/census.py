@@ -166,7 +166,7 @@ class _census_Census(_census_Registry):
                     own.add(id(w))
                     found = True
         m = self.mask(keys, present, self.own_keys)
-        if not found and (m is None or own.isdisjoint(t['map'](id, t['compress'](objs, m)))):
+        if not found and (m is None or own.isdisjoint(self.ids.array(list(t['compress'](objs, m))))):
             return objs, tl, keys
         keep = list(t['map'](t['not_'], t['map'](own.__contains__, t['map'](id, objs))))
         comp = t['compress']
@@ -179,8 +179,14 @@ class _census_Census(_census_Registry):
         mp = t['map']
         # A plain instance refers to [its dict, its type] when it has a dict
         # (2.7-3.10: always; 3.11+: when its __dict__ was materialised, else
-        # to its attribute values and its type).
-        if len(flat) == 2 * len(inst) and all(mp(t['is_'], flat[1::2], itl)):
+        # to its attribute values and its type). When every instance has as
+        # many referents as the first, its type last, and that is not 2,
+        # none has a dict (one with a dict has 2).
+        n = len(inst)
+        k = len(gc.get_referents(inst[0]))
+        if k >= 2 and len(flat) == k * n and all(mp(t['is_'], flat[k - 1::k], itl)):
+            if k != 2:
+                return
             first = flat[0::2]
             tl2 = itl
         elif self.dict_set.isdisjoint(mp(type, flat)):

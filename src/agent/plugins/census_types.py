@@ -168,6 +168,18 @@ class _census_Ids(object):
         t = self.t
         buf += _census_tobytes(t['array'](t['tc'], t['map'](id, items)))
 
+    def array(self, items):
+        """The ids of items, as an array."""
+        t = self.t
+        buf = bytearray()
+        self.put(buf, items)
+        a = t['array'](t['tc'])
+        if PY2:
+            a.fromstring(bytes(buf))
+        else:
+            a.frombytes(buf)
+        return a
+
     def put(self, buf, items):
         if not items:
             return
