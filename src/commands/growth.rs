@@ -115,6 +115,7 @@ pub fn run(args: &GrowthArgs) -> CmdResult {
         gc_only: args.gc_only,
         collect: args.collect,
         keep_ids: true,
+        ids_by_call: false,
     };
     let samples = args.samples.max(2) as usize;
     let (taken, detach_s) = super::with_session_timed(&args.attach, |attached| {

@@ -27,6 +27,10 @@ pub struct CensusRequest {
     /// Keep every object's id per type (growth's new objects), and have
     /// ints and floats fingerprinted by value.
     pub keep_ids: bool,
+    /// Have the agent call id() per object instead of reading the ids out
+    /// of its lists (the fallback where /proc/self/mem cannot be read; for
+    /// tests).
+    pub ids_by_call: bool,
 }
 
 /// Runs one census in the session; returns it and the request's wall time.
@@ -35,7 +39,12 @@ pub fn take_census(session: &mut Session, req: CensusRequest) -> anyhow::Result<
     let mut builder = CensusBuilder::new(req.keep_ids);
     let resp = session.request_chunked(
         "census",
-        json!({"gc_only": req.gc_only, "collect": req.collect, "fingerprint": req.keep_ids}),
+        json!({
+            "gc_only": req.gc_only,
+            "collect": req.collect,
+            "fingerprint": req.keep_ids,
+            "mem_reads": !req.ids_by_call,
+        }),
         &mut |frame| {
             builder
                 .feed(&frame.header, &frame.payload)
@@ -128,6 +137,7 @@ pub fn run(args: &TypesArgs) -> CmdResult {
         gc_only: args.gc_only,
         collect: args.collect,
         keep_ids: false,
+        ids_by_call: false,
     };
     let (taken, detach_s) = super::with_session_timed(&args.attach, |attached| {
         let (census, census_s) = take_census(&mut attached.session, req)?;

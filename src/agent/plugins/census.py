@@ -4,16 +4,17 @@
 #
 # Appended to agent.py and run in the same namespace, so every global here is
 # prefixed `_census_`. Stdlib only, one source for 2.7 and 3.6-3.15; imports
-# happen inside the op (array, itertools, operator), and the agent removes
-# what it imported at detach. No threads, no state kept between requests.
+# happen inside the op (array, itertools, operator, _weakref), and the agent
+# removes what it imported at detach. No threads, no state kept between
+# requests.
 #
-# Op `census` {gc_only, collect, fingerprint, chunk_s, chunk_max}: optionally
-# gc.collect(), then gc.get_objects() minus the agent's own objects, in
-# chunks of gc-tracked objects (sized to take about `chunk_s` of work, at
-# most `chunk_max` objects); one frame per chunk, written with one blocking
-# send (which releases the GIL), so the longest hold is about one chunk's
-# work. Per chunk, at C speed (map/compress/array, no Python loop per
-# object), the agent collects and the tool computes:
+# Op `census` {gc_only, collect, fingerprint, chunk_s, chunk_max, mem_reads}:
+# optionally gc.collect(), then gc.get_objects() minus the agent's own
+# objects, in chunks of gc-tracked objects (sized to take about `chunk_s` of
+# work, at most `chunk_max` objects); one frame per chunk, written with one
+# blocking send (which releases the GIL), so the longest hold is about one
+# chunk's work. Per chunk, at C speed (map/compress/array, no Python loop
+# per object), the agent collects and the tool computes:
 #
 #   tracked:   ids, type ids and sizes of the chunk's objects;
 #   owners:    (dict id, owner type id) for dicts that are the __dict__ of
@@ -27,8 +28,8 @@
 #
 # Ids and type ids are the pointers in a list's item array: read through
 # /proc/self/mem (a few syscalls per list, short reads so the GIL is rarely
-# lost, an unreadable address is an error, never a crash), else id() per
-# object. Sizes are type(o).__sizeof__(o) (through operator.call, 3.11+;
+# lost, an unreadable address is an error, never a crash), else (or with
+# mem_reads false) id() per object. Sizes are type(o).__sizeof__(o) (through operator.call, 3.11+;
 # cheaper than sys.getsizeof): the tool adds `pre` per type, what getsizeof
 # adds (GC header, pre-header). Before 3.11, and for classes, sys.getsizeof
 # with pre 0.
@@ -49,6 +50,7 @@
 # owned_dicts, excluded, frozen, collected, collect_s, get_objects_s, own_s,
 # chunks, sent_bytes, size_errors, reads, max_hold_s (longest stretch
 # between two socket writes), hold_total_s, holds, elapsed_s, cpu_s}.
+
 # Chunks of gc-tracked objects: the first, and the bounds of the others
 # (which otherwise aim at chunk_s of work). The top bound keeps the agent's
 # extra memory small: about 250 bytes per tracked object in a chunk.
@@ -74,6 +76,7 @@ class _census_Census(_census_Registry):
         # Value fingerprints of ints and floats (growth: their addresses are
         # reused at once, so an id alone does not tell a new one apart).
         self.fingerprint = bool(req.get('fingerprint'))
+        self.mem_reads = req.get('mem_reads', True) is not False
         self.t = t = _census_tools()
         self.ids = _census_Ids(t)
         self.call = t['call']
@@ -183,6 +186,9 @@ class _census_Census(_census_Registry):
         # many referents as the first, its type last, and that is not 2,
         # none has a dict (one with a dict has 2).
         n = len(inst)
+        if not n:
+            # (The mask was made before our own objects were dropped.)
+            return
         k = len(gc.get_referents(inst[0]))
         if k >= 2 and len(flat) == k * n and all(mp(t['is_'], flat[k - 1::k], itl)):
             if k != 2:
@@ -368,7 +374,8 @@ class _census_Census(_census_Registry):
         get_objects_s = _clock() - t1
         n_listed = len(objs)
         t1 = _clock()
-        self.ids.open()
+        if self.mem_reads:
+            self.ids.open()
         _census_own_walk(self, objs)
         self.own_keys_add()
         own_s = _clock() - t1

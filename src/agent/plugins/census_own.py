@@ -117,8 +117,10 @@ def _census_own_walk(c, objs):
     B = type(len)
     F = type(sys._getframe())
     x = None
+    # (The census's tools include operator.attrgetter & co.)
     containers = set([dict, list, tuple, set, frozenset, type(agent.run),
                       staticmethod, classmethod, property,
+                      type(c.t['code_attrs']), type(c.t['itemgetter'](0)),
                       type(type.__dict__['__dict__']),       # getset_descriptor
                       type(type.__dict__['__basicsize__']),  # member_descriptor
                       type((lambda: x).__closure__[0])])     # cell
