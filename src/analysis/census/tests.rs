@@ -1,8 +1,6 @@
 //! Tests of the census builder (frames in, census out) and of the growth
 //! figures.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
