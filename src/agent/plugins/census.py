@@ -84,7 +84,9 @@ class _census_Census(_census_Registry):
         self.own_types = set()   # the types of our objects
         self.own_keys = set()    # ... as keys
         self.names = set()
-        self.drop_dicts = []
+        # Lists of ours are made only once the objects are listed (and ours
+        # found): then no list can be ours, and lists need no checking.
+        self.drop_dicts = None
         self.max_hold = 0.0
         self.hold_total = 0.0
         self.holds = 0
@@ -97,7 +99,7 @@ class _census_Census(_census_Registry):
         self.n_owned = 0
         self.registry_init()
         self.buf = bytearray()
-        self.segs = []
+        self.segs = None
 
     # -- GIL segments and frames ---------------------------------------------
 
@@ -115,7 +117,7 @@ class _census_Census(_census_Registry):
         agent's framing: 4-byte length, header line, payload), in one
         blocking write of the payload."""
         head = {'id': self.rid, 'chunk': True, 'k': 'census', 'v': 2, 'w': self.t['w'],
-                'le': sys.byteorder == 'little', 'dt': id(dict), 'seg': self.segs}
+                'le': sys.byteorder == 'little', 'dt': id(dict), 'seg': self.segs or []}
         if self.fingerprint:
             head['fpt'] = [id(tp) for tp in self.fp_types()]
         if extra:
@@ -127,7 +129,8 @@ class _census_Census(_census_Registry):
         n = len(line) + 1 + len(buf)
         prefix = bytes(bytearray([(n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255]))
         self.buf = bytearray()
-        self.segs = []
+        if self.segs is not None:
+            self.segs = []
         self.end_segment()
         sock = self.agent.sock
         sock.sendall(prefix + line + b'\n', MSG_NOSIGNAL)
@@ -378,6 +381,8 @@ class _census_Census(_census_Registry):
             self.ids.open()
         _census_own_walk(self, objs)
         self.own_keys_add()
+        self.segs = []
+        self.drop_dicts = []
         own_s = _clock() - t1
         i = 0
         n = _CENSUS_CHUNK_FIRST
