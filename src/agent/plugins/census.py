@@ -26,24 +26,26 @@
 #              what untracked containers (tuples, dicts) hold, a level at a
 #              time; not deduplicated here (the tool does it).
 #
-# Ids and type ids are the pointers in a list's item array: read through
-# /proc/self/mem (a few syscalls per list, short reads so the GIL is rarely
-# lost, an unreadable address is an error, never a crash), else (or with
-# mem_reads false) id() per object. Sizes are type(o).__sizeof__(o) (through operator.call, 3.11+;
-# cheaper than sys.getsizeof): the tool adds `pre` per type, what getsizeof
-# adds (GC header, pre-header). Before 3.11, and for classes, sys.getsizeof
-# with pre 0.
+# Ids and type ids are pointers: the item array of one list per frame,
+# read through /proc/self/mem (two reads per frame: every read releases the
+# GIL, which a busy thread then keeps for a switch interval; an unreadable
+# address is an error, never a crash), else (or with mem_reads false) id()
+# per object. Sizes are type(o).__sizeof__(o) (through
+# operator.call, 3.11+; cheaper than sys.getsizeof): the tool adds `pre` per
+# type, what getsizeof adds (GC header, pre-header). Before 3.11, and for
+# classes, sys.getsizeof with pre 0.
 #
 # Frame header: {"id", "chunk": true, "k": "census", "v": 2, "w": W,
 # "le": bool, "dt": id(dict), "seg": [[kind, n(, nf)], ...], "fpt": [ids of
-# fingerprinted types]}; the payload is the segments' native W-byte words
-# back to back:
-#   ["t", n]      ids[n] tids[n] sizes[n]        gc-tracked objects
-#   ["u", n, nf]  ids[n] tids[n] sizes[n] hashes[nf]
+# fingerprinted types]}; the payload is native W-byte words: first the two
+# id arrays of every segment, in order (all read at once), then the sizes
+# (and hashes) of every segment that has them, in order:
+#   ["t", n]      ids[n] tids[n]              | sizes[n]      gc-tracked objects
+#   ["u", n, nf]  ids[n] tids[n]              | sizes[n] hashes[nf]
 #                 untracked objects; with `fingerprint` (growth), the value
 #                 hashes of those whose type is in fpt (exact ints and
 #                 floats: their addresses are reused at once), in order
-#   ["o", n]      dict_ids[n] owner_tids[n]
+#   ["o", n]      dict_ids[n] owner_tids[n]   |
 #
 # Result: {types: [[type id, module, qualname, pre], ...], dict_tid,
 # drop_dicts, word, little_endian, gc_only, listed, tracked, untracked_sent,
@@ -98,8 +100,9 @@ class _census_Census(_census_Registry):
         self.n_untracked = 0
         self.n_owned = 0
         self.registry_init()
-        self.buf = bytearray()
+        self.tail = bytearray()   # sizes (and hashes) of the pending segments
         self.segs = None
+        self.pending = None       # the objects whose ids the frame carries
 
     # -- GIL segments and frames ---------------------------------------------
 
@@ -114,10 +117,11 @@ class _census_Census(_census_Registry):
 
     def flush(self, extra=None):
         """Sends the segments collected so far as one chunk frame (the
-        agent's framing: 4-byte length, header line, payload), in one
-        blocking write of the payload."""
+        agent's framing: 4-byte length, header line, payload) in one
+        blocking write, after one read of all their ids."""
+        segs = self.segs or []
         head = {'id': self.rid, 'chunk': True, 'k': 'census', 'v': 2, 'w': self.t['w'],
-                'le': sys.byteorder == 'little', 'dt': id(dict), 'seg': self.segs or []}
+                'le': sys.byteorder == 'little', 'dt': id(dict), 'seg': segs}
         if self.fingerprint:
             head['fpt'] = [id(tp) for tp in self.fp_types()]
         if extra:
@@ -125,17 +129,24 @@ class _census_Census(_census_Registry):
         line = self.agent.dumps(head)
         if not isinstance(line, bytes):
             line = line.encode('ascii')
-        buf = self.buf
-        n = len(line) + 1 + len(buf)
-        prefix = bytes(bytearray([(n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255]))
-        self.buf = bytearray()
+        items = self.pending
+        tail = self.tail
+        size = len(line) + 1 + (len(items) if items else 0) * self.t['w'] + len(tail)
+        buf = bytearray(4 + size)
+        buf[0:4] = bytearray([(size >> 24) & 255, (size >> 16) & 255, (size >> 8) & 255,
+                              size & 255])
+        at = 4 + len(line) + 1
+        buf[4:at] = line + b'\n'
+        if items:
+            at = self.ids.put(buf, at, items)
+        buf[at:] = tail
         if self.segs is not None:
             self.segs = []
+            self.pending = []
+        self.tail = bytearray()
+        items = tail = None
         self.end_segment()
-        sock = self.agent.sock
-        sock.sendall(prefix + line + b'\n', MSG_NOSIGNAL)
-        if buf:
-            sock.sendall(buf, MSG_NOSIGNAL)
+        self.agent.sock.sendall(buf, MSG_NOSIGNAL)
         self.sent_bytes += len(buf)
         buf = None
         self.seg = _clock()
@@ -144,15 +155,17 @@ class _census_Census(_census_Registry):
         return (int, long, float) if PY2 else (int, float)  # noqa: F821
 
     def add_records(self, kind, objs, tl, sizes, hashes=None):
-        buf = self.buf
-        self.ids.put(buf, objs)
-        self.ids.put(buf, tl)
-        buf += _census_tobytes(sizes)
+        """A segment. The ids of objs and tl are read when the frame goes
+        (copied now, while the objects are in the cache)."""
+        self.pending.extend(objs)
+        self.pending.extend(tl)
+        tail = self.tail
+        tail += _census_tobytes(sizes)
         seg = [kind, len(objs)]
         if kind == 'u':
             seg.append(len(hashes) if hashes is not None else 0)
             if hashes is not None:
-                buf += _census_tobytes(hashes)
+                tail += _census_tobytes(hashes)
         self.segs.append(seg)
 
     # -- the census ------------------------------------------------------------
@@ -308,8 +321,8 @@ class _census_Census(_census_Registry):
             self.other_owners(list(comp(objs, m)), list(comp(tl, m)), list(comp(keys, m)),
                               dicts, otypes)
         if dicts:
-            self.ids.put(self.buf, dicts)
-            self.ids.put(self.buf, otypes)
+            self.pending.extend(dicts)
+            self.pending.extend(otypes)
             self.segs.append(['o', len(dicts)])
             self.n_owned += len(dicts)
         dicts = otypes = None
@@ -382,6 +395,7 @@ class _census_Census(_census_Registry):
         _census_own_walk(self, objs)
         self.own_keys_add()
         self.segs = []
+        self.pending = []
         self.drop_dicts = []
         own_s = _clock() - t1
         i = 0

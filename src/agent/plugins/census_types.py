@@ -9,9 +9,6 @@
 
 # Py_TPFLAGS_HAVE_GC
 _CENSUS_HAVE_GC = 1 << 14
-# Bytes per read of /proc/self/mem: a read this short rarely gives the GIL
-# away to a busy thread (the read is over before that thread wakes up).
-_CENSUS_READ = 16384
 # Per-type flags.
 _CENSUS_F_DICT = 1       # dict or a subclass: iterate its keys
 _CENSUS_F_CODE = 2       # code object: visit its constants, names, bytecode
@@ -96,19 +93,21 @@ def _census_tobytes(a):
 
 
 class _census_Ids(object):
-    """Appends the ids of a list's items to a bytearray as native words: the
-    list's own item array, read through /proc/self/mem when that works, else
-    id() per item."""
+    """Writes the ids of a list's items into a bytearray as native words:
+    the list's own item array, read through /proc/self/mem (two reads: the
+    list's header, then its items) when that works; else id() per item.
+    Every read releases the GIL, and a busy thread that takes it keeps it
+    for a switch interval (5 ms): so one list per frame."""
 
     def __init__(self, t):
         self.t = t
         self.fd = None
         self.mem = 0
         self.slow = 0
-        w = t['w']
         # PyListObject ends with ob_size, ob_item, allocated (also in debug
         # and free-threaded builds).
-        self.head = list.__basicsize__ - 3 * w
+        self.head = list.__basicsize__ - 3 * t['w']
+        self.preadv = getattr(os, 'preadv', None)
 
     def open(self):
         try:
@@ -117,13 +116,13 @@ class _census_Ids(object):
             self.fd = None
             return
         probe = [None, self, 7, 'x', [], self.t]
-        a = bytearray()
-        b = bytearray()
+        a = bytearray(self.t['w'] * len(probe))
+        b = bytearray(len(a))
         try:
-            self.read_items(a, probe)
+            self.read_items(a, 0, probe)
         except Exception:
             a = None
-        self.id_items(b, probe)
+        self.id_items(b, 0, probe)
         if a != b:
             self.close()
 
@@ -141,7 +140,7 @@ class _census_Ids(object):
             return os.read(self.fd, n)
         return os.pread(self.fd, n, addr)
 
-    def read_items(self, buf, items):
+    def read_items(self, buf, start, items):
         t = self.t
         w = t['w']
         n = len(items)
@@ -153,45 +152,57 @@ class _census_Ids(object):
             h.frombytes(raw)
         if len(h) != 3 or h[0] != n or h[2] < n or not h[1]:
             raise ValueError('unexpected list layout')
-        p = h[1]
-        end = p + n * w
-        start = len(buf)
-        while p < end:
-            b = self.read(p, min(_CENSUS_READ, end - p))
-            if not b:
-                del buf[start:]
+        addr = h[1] - start
+        end = start + n * w
+        pos = start
+        while pos < end:
+            if self.preadv is not None:
+                mv = memoryview(buf)
+                try:
+                    k = self.preadv(self.fd, [mv[pos:end]], addr + pos)
+                finally:
+                    mv.release()
+            else:
+                b = self.read(addr + pos, end - pos)
+                k = len(b)
+                buf[pos:pos + k] = b
+            if k <= 0:
                 raise ValueError('short read')
-            buf += b
-            p += len(b)
+            pos += k
+        return end
 
-    def id_items(self, buf, items):
+    def id_items(self, buf, start, items):
         t = self.t
-        buf += _census_tobytes(t['array'](t['tc'], t['map'](id, items)))
+        b = _census_tobytes(t['array'](t['tc'], t['map'](id, items)))
+        buf[start:start + len(b)] = b
+        return start + len(b)
+
+    def put(self, buf, start, items):
+        """Writes the ids of `items` (a list) into buf (already long enough)
+        from `start`; returns where they end."""
+        if not items:
+            return start
+        if self.fd is not None:
+            try:
+                end = self.read_items(buf, start, items)
+                self.mem += 1
+                return end
+            except Exception:
+                pass
+        self.slow += 1
+        return self.id_items(buf, start, items)
 
     def array(self, items):
-        """The ids of items, as an array."""
+        """The ids of items (a list), as an array."""
         t = self.t
-        buf = bytearray()
-        self.put(buf, items)
+        buf = bytearray(t['w'] * len(items))
+        self.put(buf, 0, items)
         a = t['array'](t['tc'])
         if PY2:
             a.fromstring(bytes(buf))
         else:
             a.frombytes(buf)
         return a
-
-    def put(self, buf, items):
-        if not items:
-            return
-        if self.fd is not None:
-            try:
-                self.read_items(buf, items)
-                self.mem += 1
-                return
-            except Exception:
-                pass
-        self.slow += 1
-        self.id_items(buf, items)
 
 
 def _census_mro_attr(t, name):

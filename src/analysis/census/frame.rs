@@ -1,5 +1,7 @@
 //! One census chunk frame, checked: its header and the word arrays of its
-//! segments (see the module docs for the layout).
+//! segments (see the module docs for the layout): first the two id arrays
+//! of every segment, in order, then the sizes (and hashes) of every segment
+//! that has them, in order.
 
 use serde_json::Value;
 
@@ -127,29 +129,34 @@ pub fn parse<'a>(header: &Value, payload: &'a [u8]) -> Result<Frame<'a>, CensusE
             expected,
         });
     }
-    let mut rest = payload;
-    let mut take = |n: u64| {
-        let (a, b) = rest.split_at(n as usize * w);
-        rest = b;
+    // First every segment's two id arrays, then the sizes (and hashes).
+    let ids_len = shapes
+        .iter()
+        .map(|(_, n, _)| *n as usize * 2 * w)
+        .sum::<usize>();
+    let (mut ids, mut tail) = payload.split_at(ids_len);
+    let take = |from: &mut &'a [u8], n: u64| {
+        let (a, b) = from.split_at(n as usize * w);
+        *from = b;
         Words { bytes: a, w }
     };
     let mut segments = Vec::with_capacity(shapes.len());
     for (kind, n, nf) in shapes {
         segments.push(match kind {
             Some("t") => Segment::Tracked {
-                ids: take(n),
-                tids: take(n),
-                sizes: take(n),
+                ids: take(&mut ids, n),
+                tids: take(&mut ids, n),
+                sizes: take(&mut tail, n),
             },
             Some("u") => Segment::Untracked {
-                ids: take(n),
-                tids: take(n),
-                sizes: take(n),
-                hashes: take(nf),
+                ids: take(&mut ids, n),
+                tids: take(&mut ids, n),
+                sizes: take(&mut tail, n),
+                hashes: take(&mut tail, nf),
             },
             _ => Segment::Owners {
-                dicts: take(n),
-                tids: take(n),
+                dicts: take(&mut ids, n),
+                tids: take(&mut ids, n),
             },
         });
     }

@@ -5,16 +5,20 @@
 //! The agent (`src/agent/plugins/census.py`, op `census`) sends one chunk
 //! frame per slice of `gc.get_objects()`, header
 //! `{"k":"census","v":2,"w":8,"le":true,"dt":DICT_TYPE_ID,"seg":[...],"fpt":[...]}`
-//! and a payload of native-endian `w`-byte words, segment after segment:
+//! and a payload of native-endian `w`-byte words: first the id arrays of
+//! every segment, in order, then the sizes (and hashes) of every segment
+//! that has them, in order (the agent reads all the ids of a frame from its
+//! memory at once):
 //!
 //! ```text
-//! ["t", n]      ids[n] tids[n] sizes[n]        gc-tracked objects
-//! ["u", n, nf]  ids[n] tids[n] sizes[n]        untracked objects they refer to
-//!               hashes[nf]                     (with repeats), and (growth only)
-//!                                              the value hashes of those whose
-//!                                              type id is in fpt, in order
-//! ["o", n]      dict_ids[n] owner_tids[n]      dicts that are the __dict__ of
-//!                                              an object of that type
+//!               ids part                       sizes part
+//! ["t", n]      ids[n] tids[n]                 sizes[n]       gc-tracked objects
+//! ["u", n, nf]  ids[n] tids[n]                 sizes[n]       untracked objects they refer to
+//!                                              hashes[nf]     (with repeats), and (growth only)
+//!                                                             the value hashes of those whose
+//!                                                             type id is in fpt, in order
+//! ["o", n]      dict_ids[n] owner_tids[n]      -              dicts that are the __dict__ of
+//!                                                             an object of that type
 //! ```
 //!
 //! Sizes are `type(o).__sizeof__(o)`: the type table adds `pre` per type

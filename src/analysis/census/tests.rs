@@ -25,9 +25,11 @@ fn aggregates_dedupes_and_attributes_dicts() {
     // Tracked: an instance (100) of type 10, its dict (200, type 1), a list (300, type 11).
     // Untracked: a str (400, type 12) seen twice, an untracked tuple (500, type 13).
     let payload = words(&[
-        100, 200, 300, 10, 1, 11, 48, 88, 56, // tracked
-        200, 10, // owners
-        400, 400, 500, 12, 12, 13, 60, 60, 24, // untracked
+        100, 200, 300, 10, 1, 11, // tracked: ids, type ids
+        200, 10, // owners: dict, owner type
+        400, 400, 500, 12, 12, 13, // untracked: ids, type ids
+        48, 88, 56, // tracked: sizes
+        60, 60, 24, // untracked: sizes
     ]);
     b.feed(&head(json!([["t", 3], ["o", 1], ["u", 3, 0]])), &payload)
         .unwrap();
