@@ -235,6 +235,101 @@ fn types_counts_match_a_reference_census_in_the_target() {
     });
 }
 
+/// The agent's two ways of getting ids (the pointers in its lists' item
+/// arrays, read through /proc/self/mem; or id() per object, the fallback)
+/// give the same census: same rows, same objects.
+#[test]
+fn ids_read_from_memory_match_ids_from_id() {
+    use memsleuth::commands::types::{CensusRequest, take_census};
+    for_each_interpreter(|interp| {
+        let label = interp.label.as_str();
+        let n = SESSIONS.to_string();
+        let t = spawn_target(
+            interp,
+            "unbounded_cache",
+            &["--initial", &n, "--max", &n, "--payload", "64"],
+        )
+        .unwrap();
+        let opts = memsleuth::inject::attach::AttachOptions::default();
+        let mut attached = memsleuth::inject::attach::attach(t.pid, &opts).unwrap();
+        let mem = CensusRequest {
+            gc_only: false,
+            collect: true,
+            keep_ids: true,
+            ids_by_call: false,
+        };
+        let by_id = CensusRequest {
+            ids_by_call: true,
+            ..mem
+        };
+        let session = &mut attached.session;
+        let (a, _) = take_census(session, mem).unwrap();
+        let (b, _) = take_census(session, by_id).unwrap();
+        let (c, _) = take_census(session, mem).unwrap();
+        attached.detach().unwrap();
+        assert_eq!(a.stats.reads.as_deref(), Some("mem"), "[{label}]");
+        assert_eq!(b.stats.reads.as_deref(), Some("id"), "[{label}]");
+        // Wherever two censuses that read memory agree (the target is
+        // idle, but not every object in it is), the one that called id()
+        // agrees too.
+        let (ia, ib, ic) = (
+            a.ids.as_ref().unwrap(),
+            b.ids.as_ref().unwrap(),
+            c.ids.as_ref().unwrap(),
+        );
+        let mut stable = 0;
+        let mut unstable = Vec::new();
+        for r in &a.rows {
+            let (rb, rc) = (b.row(&r.name), c.row(&r.name));
+            if rc.map(|x| (x.count, x.size)) != Some((r.count, r.size))
+                || ia.get(&r.name) != ic.get(&r.name)
+            {
+                unstable.push(r.name.as_str());
+                continue;
+            }
+            stable += 1;
+            let rb = rb.unwrap_or_else(|| panic!("[{label}] no {} by id()", r.name));
+            assert_eq!(
+                (rb.count, rb.size),
+                (r.count, r.size),
+                "[{label}] {}",
+                r.name
+            );
+            // (A tuple may be untracked by a collection in between.)
+            assert!(
+                rb.tracked.abs_diff(r.tracked) <= 2,
+                "[{label}] {}: {} tracked, {} by id()",
+                r.name,
+                r.tracked,
+                rb.tracked
+            );
+            // The same objects, but for one or two the target (or the
+            // agent's own churn) replaced in between at another address.
+            let (x, y) = (
+                ia.get(&r.name).cloned().unwrap_or_default(),
+                ib.get(&r.name).cloned().unwrap_or_default(),
+            );
+            let missing = x.iter().filter(|i| y.binary_search(i).is_err()).count();
+            assert!(
+                missing <= 2,
+                "[{label}] {missing} of the {} objects of {} differ",
+                x.len(),
+                r.name
+            );
+        }
+        assert!(
+            stable * 4 >= a.rows.len() * 3,
+            "[{label}] only {stable} of {} rows were stable: not {unstable:?}",
+            a.rows.len()
+        );
+        assert_eq!(
+            a.row("app.UserSession").unwrap().count,
+            SESSIONS,
+            "[{label}]"
+        );
+    });
+}
+
 fn growth_json(label: &str, pid: u32) -> Value {
     json_of(
         label,
@@ -494,6 +589,7 @@ fn record_census_fixtures() {
         gc_only: false,
         collect: false,
         keep_ids: true,
+        ids_by_call: false,
     };
     let (types, _) = take_census(&mut attached.session, req).unwrap();
     let started = std::time::Instant::now();

@@ -221,8 +221,8 @@ fn ctrl_c_and_sigterm_still_detach() {
         let before = t.report_state();
         let cmd = format!(
             // --wait-detach: the agent thread has ended when the command returns
-        // (on Pythons before 3.12.10 / 3.13.3 it retires up to 0.5 s later).
-        "{} view --wait-detach {}; echo MEMSLEUTH-EXIT=$?; sleep 600",
+            // (on Pythons before 3.12.10 / 3.13.3 it retires up to 0.5 s later).
+            "{} view --wait-detach {}; echo MEMSLEUTH-EXIT=$?; sleep 600",
             env!("CARGO_BIN_EXE_memsleuth"),
             t.pid
         );

@@ -36,6 +36,8 @@ struct SampleJson {
     tracked: u64,
     rss_bytes: Option<u64>,
     census_s: f64,
+    /// Of census_s, the time memsleuth spent aggregating what came.
+    aggregate_s: f64,
     max_gil_hold_s: f64,
 }
 
@@ -48,6 +50,9 @@ struct GrowthReport<'a> {
     collect: bool,
     interval_s: f64,
     attach_s: f64,
+    detach_s: f64,
+    /// The whole command, from start to report.
+    total_s: f64,
     gil_s: f64,
     max_gil_hold_s: f64,
     score_threshold: f64,
@@ -150,14 +155,16 @@ pub(crate) fn reprs(
 }
 
 pub fn run(args: &GrowthArgs) -> CmdResult {
+    let started = Instant::now();
     let pid = args.attach.pid;
     let req = CensusRequest {
         gc_only: args.gc_only,
         collect: args.collect,
         keep_ids: true,
+        ids_by_call: false,
     };
     let samples = args.samples.max(2) as usize;
-    let taken = super::with_session(&args.attach, |attached| {
+    let (taken, detach_s) = super::with_session_timed(&args.attach, |attached| {
         let session = &mut attached.session;
         let start = Instant::now();
         let mut censuses: Vec<Census> = Vec::with_capacity(samples);
@@ -230,6 +237,8 @@ pub fn run(args: &GrowthArgs) -> CmdResult {
             collect: args.collect,
             interval_s: args.interval,
             attach_s: taken.attach_s,
+            detach_s,
+            total_s: started.elapsed().as_secs_f64(),
             gil_s: taken.gil_s,
             max_gil_hold_s: taken.max_hold_s,
             score_threshold: MONOTONIC_THRESHOLD,
@@ -244,6 +253,7 @@ pub fn run(args: &GrowthArgs) -> CmdResult {
                     tracked: c.tracked,
                     rss_bytes: taken.rss[i],
                     census_s: taken.census_s[i],
+                    aggregate_s: c.feed_s,
                     max_gil_hold_s: c.stats.max_hold_s,
                 })
                 .collect(),

@@ -103,10 +103,20 @@ pub fn with_session<T>(
     args: &crate::cli::AttachArgs,
     f: impl FnOnce(&mut crate::inject::attach::Attached) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
+    with_session_timed(args, f).map(|(value, _)| value)
+}
+
+/// [`with_session`], also returning how long the detach took (seconds).
+pub fn with_session_timed<T>(
+    args: &crate::cli::AttachArgs,
+    f: impl FnOnce(&mut crate::inject::attach::Attached) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, f64)> {
     let mut attached = crate::inject::attach::attach(args.pid, &args.options())?;
     let result = f(&mut attached);
+    let started = std::time::Instant::now();
     let detached = attached.detach();
+    let detach_s = started.elapsed().as_secs_f64();
     let value = result?;
     detached?;
-    Ok(value)
+    Ok((value, detach_s))
 }

@@ -3,7 +3,9 @@
 //! One `census` request to the agent (see `src/agent/plugins/census.py`):
 //! it streams arrays of ids, type ids and sizes in chunks (each chunk ends
 //! with a socket write, which releases the GIL); [`CensusBuilder`]
-//! deduplicates and aggregates them as they arrive.
+//! deduplicates and aggregates them as they arrive. The JSON report times
+//! each phase: attach, census (of which the tool's own aggregation), detach,
+//! and the whole command.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -25,6 +27,10 @@ pub struct CensusRequest {
     /// Keep every object's id per type (growth's new objects), and have
     /// ints and floats fingerprinted by value.
     pub keep_ids: bool,
+    /// Have the agent call id() per object instead of reading the ids out
+    /// of its lists (the fallback where /proc/self/mem cannot be read; for
+    /// tests).
+    pub ids_by_call: bool,
 }
 
 /// Runs one census in the session; returns it and the request's wall time.
@@ -33,7 +39,12 @@ pub fn take_census(session: &mut Session, req: CensusRequest) -> anyhow::Result<
     let mut builder = CensusBuilder::new(req.keep_ids);
     let resp = session.request_chunked(
         "census",
-        json!({"gc_only": req.gc_only, "collect": req.collect, "fingerprint": req.keep_ids}),
+        json!({
+            "gc_only": req.gc_only,
+            "collect": req.collect,
+            "fingerprint": req.keep_ids,
+            "mem_reads": !req.ids_by_call,
+        }),
         &mut |frame| {
             builder
                 .feed(&frame.header, &frame.payload)
@@ -72,6 +83,11 @@ struct TypesReport<'a> {
     collect: bool,
     attach_s: f64,
     census_s: f64,
+    /// Of census_s, the time memsleuth spent aggregating what came.
+    aggregate_s: f64,
+    detach_s: f64,
+    /// The whole command, from start to report.
+    total_s: f64,
     /// Time the session made the target spend in our Python code.
     gil_s: f64,
     /// The longest the census held the GIL without a break.
@@ -115,13 +131,15 @@ struct Taken {
 }
 
 pub fn run(args: &TypesArgs) -> CmdResult {
+    let started = Instant::now();
     let pid = args.attach.pid;
     let req = CensusRequest {
         gc_only: args.gc_only,
         collect: args.collect,
         keep_ids: false,
+        ids_by_call: false,
     };
-    let taken = super::with_session(&args.attach, |attached| {
+    let (taken, detach_s) = super::with_session_timed(&args.attach, |attached| {
         let (census, census_s) = take_census(&mut attached.session, req)?;
         Ok(Taken {
             census,
@@ -151,6 +169,9 @@ pub fn run(args: &TypesArgs) -> CmdResult {
             collect: args.collect,
             attach_s: taken.attach_s,
             census_s: taken.census_s,
+            aggregate_s: c.feed_s,
+            detach_s,
+            total_s: started.elapsed().as_secs_f64(),
             gil_s: taken.gil_s,
             max_gil_hold_s: c.stats.max_hold_s,
             rss_bytes: taken.rss,

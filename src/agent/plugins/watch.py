@@ -8,8 +8,9 @@
 # type_counts {chunk: N}
 #     A lean census of the gc-tracked objects: per chunk of gc.get_objects(),
 #     arrays of ids, type ids and sys.getsizeof built at C speed and sent as
-#     `census` chunk frames (the format of the census plugin, with no
-#     untracked objects and no dict owners), then the names of the distinct
+#     `census` chunk frames (format 2 of the census plugin, one tracked
+#     segment each: no untracked objects, no dict owners), then the names of
+#     the distinct
 #     types. Unlike `census` it does not leave out the agent's own objects or
 #     attribute dicts to their owners: those are constant between two reads,
 #     and doctor only compares reads, so it costs a fraction of a census.
@@ -133,8 +134,8 @@ def _tc_op_type_counts(agent, req):
         for t in set(tl):
             types[id(t)] = t
         payload = _tc_bytes(ids) + _tc_bytes(tids) + _tc_bytes(sizes)
-        head = {'k': 'census', 'nt': len(part), 'nu': 0, 'no': 0, 'w': w,
-                'le': sys.byteorder == 'little', 'dt': id(dict)}
+        head = {'k': 'census', 'v': 2, 'w': w, 'le': sys.byteorder == 'little',
+                'dt': id(dict), 'seg': [['t', len(part)]]}
         part = tl = ids = tids = sizes = None
         d = _clock() - seg
         hold_total += d

@@ -12,7 +12,17 @@ pub const AGENT_CORE: &str = include_str!("../agent.py");
 /// session loads a plugin the first time one of its ops is asked for (see
 /// [`plugin_for_op`]).
 pub const AGENT_PLUGINS: &[&str] = &[
-    include_str!("../plugins/census.py"),
+    // Before the census: `census_reprs` alone (growth, doctor) loads only this.
+    include_str!("../plugins/census_reprs.py"),
+    // The census; the viewer's instance sampling needs its own-object walk
+    // and the short reprs, so it travels with both.
+    concat!(
+        include_str!("../plugins/census_own.py"),
+        include_str!("../plugins/census_types.py"),
+        include_str!("../plugins/census.py"),
+        include_str!("../plugins/census_reprs.py"),
+        include_str!("../plugins/census_instances.py")
+    ),
     include_str!("../plugins/gcstate.py"),
     include_str!("../plugins/refgraph.py"),
     include_str!("../plugins/watch.py"),

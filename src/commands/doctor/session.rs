@@ -131,6 +131,7 @@ pub(super) fn watch(
         gc_only: true,
         collect: false,
         keep_ids: true,
+        ids_by_call: false,
     };
     let mut censuses: Vec<Census> = Vec::new();
     let mut times: Vec<f64> = Vec::new();

@@ -141,6 +141,7 @@ fn handle(
                 gc_only: opts.gc_only,
                 collect: false,
                 keep_ids: false,
+                ids_by_call: false,
             };
             let census = take_census(&mut attached.session, req).map(|(c, _)| c);
             if let Ok(c) = &census {

@@ -40,6 +40,7 @@ fn census(rows: &[(&str, u64, u64)]) -> Census {
         repeats: 0,
         stats: AgentStats::default(),
         ids: None,
+        feed_s: 0.0,
     }
 }
 
