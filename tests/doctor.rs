@@ -19,7 +19,7 @@ const DURATION: &str = "10s";
 /// Doctor runs at once across all tests and interpreters: each watches for
 /// DURATION, so running many together saves time, but on a small machine too
 /// many make every target (and the GIL figures) slow.
-const CONCURRENT: usize = 4;
+const CONCURRENT: usize = 3;
 
 static SLOTS: Mutex<usize> = Mutex::new(0);
 static FREED: Condvar = Condvar::new();
@@ -223,8 +223,17 @@ fn python_objects(main: &str) {
             .iter()
             .filter_map(|r| r["held_by"].as_str())
             .collect();
+        // The retainer walk runs when it fits the GIL budget; when it did
+        // not (a loaded machine makes every hold longer), the report must
+        // say so and give the command.
+        let walk_skipped = d.json["skipped"].as_array().unwrap().iter().any(|x| {
+            x["part"] == "retainer paths"
+                && x["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("memsleuth why") && r.contains("app.UserSession"))
+        });
         assert!(
-            held.iter().any(|h| h.contains("_session_cache")),
+            held.iter().any(|h| h.contains("_session_cache")) || (held.is_empty() && walk_skipped),
             "[{}] retainers {:?}: {}",
             i.label,
             ev["retainers"],
@@ -260,7 +269,9 @@ fn python_objects_main_in_event_wait() {
 #[test]
 fn uncollectable_garbage_saveall() {
     for_each_interpreter(|i| {
-        let Some(t) = spawn(i, "gc_saveall", &[]) else {
+        // 20 cycles per event (800 objects/s): growing garbage, on a heap
+        // whose censuses stay cheap.
+        let Some(t) = spawn(i, "gc_saveall", &["--cycles", "20"]) else {
             return;
         };
         let d = doctor(&t, &[]);

@@ -275,6 +275,8 @@ pub(super) fn watch(
         });
     }
 
+    let py_first_listed = censuses.first().map_or(0, |c| c.stats.listed);
+    let py_last_listed = censuses.last().map_or(0, |c| c.stats.listed);
     let refs: Vec<&Census> = censuses.iter().collect();
     let mut rows = growth_rows(&refs);
     // Reprs of new objects of the top steady growers.
@@ -366,8 +368,13 @@ pub(super) fn watch(
 
     // Why the top grower is alive, if the budget allows.
     if let Some(ty) = why_candidate(&py) {
-        // The graph walk costs about three censuses of the heap as it is now.
-        if budget - spent(s, over) >= 3.0 * cost {
+        // The graph walk costs about three gc-only censuses of the heap as
+        // it is now (whatever mode the censuses ran in).
+        let grown = match (py_first_listed, py_last_listed) {
+            (a, b) if a > 0 => (b as f64 / a as f64).clamp(1.0, 10.0),
+            _ => 1.0,
+        };
+        if budget - spent(s, over) >= 3.0 * gc_cost * grown {
             let q = WhyQuery {
                 type_name: Some(ty),
                 id: None,
