@@ -289,11 +289,15 @@ fn ids_read_from_memory_match_ids_from_id() {
             }
             stable += 1;
             let rb = rb.unwrap_or_else(|| panic!("[{label}] no {} by id()", r.name));
-            assert_eq!(
+            // Within one object: a weak reference or cell the target (or
+            // the agent's own churn) made or dropped during that census
+            // alone (seen once on 3.14 under load: weakref 798 vs 797).
+            assert!(
+                rb.count.abs_diff(r.count) <= 1 && (rb.count != r.count || rb.size == r.size),
+                "[{label}] {}: {:?} by id(), {:?} from memory",
+                r.name,
                 (rb.count, rb.size),
-                (r.count, r.size),
-                "[{label}] {}",
-                r.name
+                (r.count, r.size)
             );
             // (A tuple may be untracked by a collection in between.)
             assert!(
