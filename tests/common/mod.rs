@@ -566,8 +566,15 @@ impl Target {
         const SIGUSR2: i32 = 12;
         let skip = self.stdout_lines_so_far().len();
         self.signal(SIGUSR2);
+        // A process-directed signal can land on a thread other than the
+        // sleeping main one, which then runs the handler only when it wakes:
+        // ask once more before giving up.
         let line = self
-            .wait_line("state ", skip, Duration::from_secs(10))
+            .wait_line("state ", skip, Duration::from_secs(5))
+            .or_else(|| {
+                self.signal(SIGUSR2);
+                self.wait_line("state ", skip, Duration::from_secs(10))
+            })
             .unwrap_or_else(|| {
                 panic!(
                     "[{}] {}: no state line after SIGUSR2",
