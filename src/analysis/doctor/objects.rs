@@ -167,6 +167,16 @@ impl Ledger {
     }
 }
 
+/// "a, b, c": the first three type names, for sentences.
+fn first_names(types: &[TypeGrowth]) -> String {
+    types
+        .iter()
+        .take(3)
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A count per second for sentences: "250/s", "0.4/s".
 pub(crate) fn per_s(v: f64) -> String {
     if v.abs() >= 10.0 {
@@ -276,12 +286,7 @@ pub fn garbage(pid: u32, py: &PythonSide, ledger: &mut Ledger, out: &mut Vec<Fin
     let what = if !names.is_empty() {
         names.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
     } else if !growing.is_empty() {
-        growing
-            .iter()
-            .take(3)
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        first_names(&growing)
     } else {
         "objects".to_string()
     };
@@ -382,12 +387,7 @@ pub fn gc_disabled(
     let what = if blind {
         format!("{} tracked objects (no census to name them)", change.delta)
     } else {
-        growing
-            .iter()
-            .take(3)
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        first_names(&growing)
     };
     let summary = format!(
         "the garbage collector is off and reference cycles pile up: {what} grow by {} \
