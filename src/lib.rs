@@ -9,6 +9,8 @@
 //!   from the binary on disk.
 //! - [`analysis`]: pure functions over what was read: grouping mappings by the
 //!   object behind them, and classifying growth between samples.
+//! - [`heap`]: reading the Python heap out of process memory or a core
+//!   file, with no code in the target.
 //! - [`inject`]: getting code to run inside the target at a safe point (PEP 768
 //!   or ptrace), without gdb.
 //! - [`agent`]: the small stdlib-only Python agent that runs there, and the
@@ -21,6 +23,7 @@ pub mod analysis;
 pub mod cli;
 pub mod commands;
 pub mod demo;
+pub mod heap;
 pub mod inject;
 pub mod process;
 pub mod python;

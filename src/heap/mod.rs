@@ -1,0 +1,17 @@
+//! Reading the Python heap from outside: no code of ours runs in the target.
+//!
+//! Everything the agent learns from `gc.get_objects()` and `sys.getsizeof`
+//! can also be read straight out of the target's memory, the way py-spy
+//! reads stacks: find the collector's generation lists from exported
+//! symbols (`_PyGC_generation0`, `_PyRuntime`, `_Py_DebugOffsets`), walk
+//! them, and decode each object's type, size and referents in Rust. That
+//! works on a process stuck in C with the GIL held, where injection is
+//! forbidden, and on a core dump.
+//!
+//! The memory comes through [`space::AddressSpace`]: a live process (read
+//! lazily, or copied in bulk while its threads are paused) or an ELF core
+//! file. Every byte read is untrusted: walks are bounded, pointers are
+//! validated before use, and a torn or hostile heap gives an error or a
+//! partial result with a count of what was skipped, never a panic.
+
+pub mod space;

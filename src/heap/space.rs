@@ -1,0 +1,63 @@
+//! Where the heap reader's bytes come from: one trait over a live process
+//! and a core file, so the decoder never knows which it reads.
+
+/// A read-only view of a target's address space. Implementations must
+/// never panic on any address or length: an unmapped or unavailable range
+/// is `false` / `None`.
+pub trait AddressSpace {
+    /// Fills `buf` with the bytes at `addr`; false if any of them cannot be
+    /// read.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
+
+    /// The bytes at `[addr, addr + len)` without a copy, where the
+    /// implementation holds them in one piece (a snapshot, a mapped core).
+    fn slice(&self, _addr: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+
+    fn read_u64(&self, addr: u64) -> Option<u64> {
+        if let Some(s) = self.slice(addr, 8) {
+            return Some(u64::from_le_bytes(s.try_into().ok()?));
+        }
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
+    fn read_u32(&self, addr: u64) -> Option<u32> {
+        if let Some(s) = self.slice(addr, 4) {
+            return Some(u32::from_le_bytes(s.try_into().ok()?));
+        }
+        let mut b = [0u8; 4];
+        self.read(addr, &mut b).then(|| u32::from_le_bytes(b))
+    }
+}
+
+/// A live process read one `process_vm_readv` at a time: no copy up front,
+/// ~0.6 µs a call, so for a few reads (type names, the roots) or for tests.
+pub struct LiveLazy {
+    pub pid: u32,
+}
+
+impl AddressSpace for LiveLazy {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        if buf.is_empty() {
+            return true;
+        }
+        if addr.checked_add(buf.len() as u64).is_none() {
+            return false;
+        }
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` is memory we own exclusively for its length; the
+        // kernel dereferences `remote` in the target only.
+        let n =
+            unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        n >= 0 && n as usize == buf.len()
+    }
+}
