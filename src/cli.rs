@@ -50,6 +50,8 @@ pub enum Command {
     Native(NativeArgs),
     /// Browse the live heap interactively: types, growth, instances and why they are alive.
     View(ViewArgs),
+    /// Serve Prometheus metrics for every Python process here: memory, leak flags, growing types.
+    Exporter(ExporterArgs),
 }
 
 #[derive(Debug, Args)]
@@ -427,4 +429,24 @@ fn parse_interval(s: &str) -> Result<f64, String> {
         return Err("must be between 0.01 and 86400 seconds".into());
     }
     Ok(v)
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Metrics on http://LISTEN/metrics (text 0.0.4, or OpenMetrics when asked for), health on /healthz. \
+Nothing is injected: /proc is read every interval, and with --heap the heap is read from outside."
+)]
+pub struct ExporterArgs {
+    /// Address and port to serve metrics on.
+    #[arg(long, default_value = "127.0.0.1:9567", value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// How often to sample every process (`15s`, `1m`; at least 1 s).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub interval: f64,
+    /// Watch only processes whose command line matches this regular expression.
+    #[arg(long = "match", value_name = "REGEX")]
+    pub match_: Option<String>,
+    /// Export the N types growing most per process, read from outside (0: off).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub heap: usize,
 }

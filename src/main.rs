@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Tracemalloc(args) => commands::tracemalloc::run(&args),
         Command::Native(args) => commands::native::run(&args),
         Command::View(args) => commands::view::run(&args),
+        Command::Exporter(args) => commands::exporter::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -10,3 +10,4 @@ pub mod groups;
 pub mod mapdiff;
 pub mod refgraph;
 pub mod tracemalloc;
+pub mod watch;

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod doctor;
 pub mod eval;
 pub mod exec;
+pub mod exporter;
 pub mod gc;
 pub mod growth;
 pub mod info;

@@ -145,7 +145,7 @@ pub fn scan() -> (Vec<PsEntry>, usize) {
 }
 
 /// A name guess for processes we may not inspect: python, python3.11, python2.7, pythonw.
-fn looks_like_python(comm: &str) -> bool {
+pub fn looks_like_python(comm: &str) -> bool {
     comm.strip_prefix("python").is_some_and(|rest| {
         rest.chars()
             .all(|c| c.is_ascii_digit() || c == '.' || c == 'w')

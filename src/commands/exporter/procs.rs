@@ -1,0 +1,234 @@
+//! One sampling pass: find the Python processes (as `memsleuth ps` does,
+//! but detecting each process once, by pid and start time), sample each
+//! from /proc, and judge its window.
+//!
+//! A pid is identified with its start time, so a pid reused by a new
+//! process starts a new window (and a new series). Processes that are not
+//! Python are remembered too, and looked at again when their name changes
+//! (an exec) or every [`RECHECK_PASSES`] passes (an embedded interpreter
+//! loaded late).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use regex::Regex;
+
+use super::{Shared, cgroup, log};
+use crate::analysis::watch::{Figures, Watch};
+use crate::commands::ps::looks_like_python;
+use crate::process::sample::{Sample, Want};
+use crate::process::{ProcError, Process, all_pids};
+use crate::python::{self, BuildKind, PythonProcess};
+use crate::render::prometheus::fleet::ProcessMetrics;
+
+const RECHECK_PASSES: u64 = 20;
+
+enum Known {
+    Python(Box<Tracked>),
+    Other { comm: String, pass: u64 },
+    Unreadable { pass: u64 },
+}
+
+struct Tracked {
+    start_ticks: u64,
+    start_unix: u64,
+    comm: String,
+    python: String,
+    build: &'static str,
+    #[allow(dead_code)] // for the heap reader
+    py: PythonProcess,
+    watch: Watch,
+}
+
+pub struct Fleet {
+    known: HashMap<u32, (u64, Known)>,
+    filter: Option<Regex>,
+    #[allow(dead_code)] // for the heap reader
+    heap_top: usize,
+    shared: Arc<Shared>,
+    t0: Instant,
+    boot_time: u64,
+    clock_ticks: u64,
+    passes: u64,
+    me: u32,
+}
+
+impl Fleet {
+    pub fn new(filter: Option<Regex>, heap_top: usize, shared: Arc<Shared>) -> Fleet {
+        Fleet {
+            known: HashMap::new(),
+            filter,
+            heap_top,
+            shared,
+            t0: Instant::now(),
+            boot_time: boot_time(),
+            clock_ticks: crate::process::System::read().clock_ticks,
+            passes: 0,
+            me: std::process::id(),
+        }
+    }
+
+    /// Samples every Python process; returns their metrics and the number
+    /// of Python-looking processes it may not read.
+    pub fn pass(&mut self) -> (Vec<ProcessMetrics>, usize) {
+        self.passes += 1;
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        for pid in all_pids() {
+            if pid == self.me {
+                continue;
+            }
+            let proc = Process::unchecked(pid);
+            let Ok(stat) = proc.stat() else { continue };
+            if stat.is_kernel_thread() || stat.state == 'Z' || stat.state == 'X' {
+                continue;
+            }
+            seen.push(pid);
+            let fresh = match self.known.get(&pid) {
+                Some((start, Known::Python(_))) => *start != stat.start_time,
+                Some((start, Known::Other { comm, pass })) => {
+                    *start != stat.start_time
+                        || *comm != stat.comm
+                        || self.passes - pass >= RECHECK_PASSES
+                }
+                Some((start, Known::Unreadable { pass })) => {
+                    *start != stat.start_time || self.passes - pass >= RECHECK_PASSES
+                }
+                None => true,
+            };
+            if fresh {
+                let known = self.detect(&proc, &stat.comm, stat.start_time);
+                self.known.insert(pid, (stat.start_time, known));
+            }
+            let Some((_, Known::Python(t))) = self.known.get_mut(&pid) else {
+                continue;
+            };
+            t.comm.clone_from(&stat.comm);
+            match sample_one(&proc, t, self.t0) {
+                Ok(m) => out.push(m),
+                Err(e) => {
+                    let reason = reason_of(&e);
+                    self.shared.error(reason);
+                    log(&match reason {
+                        "process_exited" => {
+                            format!("pid {pid} ({}) exited while it was sampled", t.comm)
+                        }
+                        _ => format!("pid {pid} ({}): {e}; no longer watched", t.comm),
+                    });
+                    let pass = self.passes;
+                    self.known
+                        .insert(pid, (stat.start_time, Known::Unreadable { pass }));
+                }
+            }
+        }
+        // Forget vanished pids (their windows go with them).
+        self.known.retain(|pid, _| seen.binary_search(pid).is_ok());
+        let unreadable = self
+            .known
+            .values()
+            .filter(|(_, k)| matches!(k, Known::Unreadable { .. }))
+            .count();
+        (out, unreadable)
+    }
+
+    fn detect(&self, proc: &Process, comm: &str, start_ticks: u64) -> Known {
+        let pass = self.passes;
+        let other = || Known::Other {
+            comm: comm.to_string(),
+            pass,
+        };
+        let maps = match proc.maps() {
+            Ok(m) => m,
+            Err(e) if e.is_gone() => return other(),
+            Err(e) => {
+                if !looks_like_python(comm) {
+                    return other();
+                }
+                self.shared.error("permission_denied");
+                log(&format!("pid {} ({comm}) is not watched: {e}", proc.pid));
+                return Known::Unreadable { pass };
+            }
+        };
+        let py = match python::detect(proc, &maps) {
+            Ok(Some(py)) => py,
+            _ => return other(),
+        };
+        if let Some(re) = &self.filter
+            && !re.is_match(&proc.cmdline())
+        {
+            return other();
+        }
+        let version = py
+            .version
+            .map(|v| (u32::from(v.major), u32::from(v.minor), u32::from(v.micro)));
+        let python = py
+            .version
+            .map_or_else(|| "unknown".to_string(), |v| v.to_string());
+        log(&format!(
+            "watching pid {} ({comm}, Python {python})",
+            proc.pid
+        ));
+        Known::Python(Box::new(Tracked {
+            start_ticks,
+            start_unix: self.boot_time + start_ticks / self.clock_ticks.max(1),
+            comm: comm.to_string(),
+            python,
+            build: match py.build {
+                BuildKind::SharedLib => "shared_lib",
+                BuildKind::Static => "static",
+            },
+            watch: Watch::new(version.unwrap_or((0, 0, 0))),
+            py,
+        }))
+    }
+}
+
+fn sample_one(proc: &Process, t: &mut Tracked, t0: Instant) -> Result<ProcessMetrics, ProcError> {
+    let want = Want {
+        rollup: true,
+        maps: true,
+        fd_kinds: false,
+    };
+    let sample = Sample::collect(proc, t0, want)?;
+    // The pid may have been reused between discovery and sampling.
+    if proc.stat()?.start_time != t.start_ticks {
+        return Err(ProcError::Exited { pid: proc.pid });
+    }
+    let figures = Figures::of(&sample);
+    t.watch.push(sample);
+    let assessment = t.watch.assess(proc.pid);
+    Ok(ProcessMetrics {
+        pid: proc.pid,
+        start_time: t.start_unix,
+        comm: t.comm.clone(),
+        python: t.python.clone(),
+        build: t.build,
+        figures,
+        assessment,
+        memory_limit: cgroup::memory_limit(proc.pid),
+        heap: None,
+    })
+}
+
+fn reason_of(e: &ProcError) -> &'static str {
+    if e.is_gone() {
+        "process_exited"
+    } else if matches!(e, ProcError::PermissionDenied { .. }) {
+        "permission_denied"
+    } else {
+        "read_error"
+    }
+}
+
+/// Boot time, Unix seconds (`btime` in /proc/stat).
+fn boot_time() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
