@@ -123,7 +123,13 @@ impl Fleet {
             }
         }
         // Forget vanished pids (their windows go with them).
-        self.known.retain(|pid, _| seen.binary_search(pid).is_ok());
+        self.known.retain(|pid, (_, k)| {
+            let alive = seen.binary_search(pid).is_ok();
+            if !alive && let Known::Python(t) = k {
+                log(&format!("pid {pid} ({}) exited; its series end", t.comm));
+            }
+            alive
+        });
         let unreadable = self
             .known
             .values()
