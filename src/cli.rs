@@ -447,6 +447,14 @@ pub struct ExporterArgs {
     #[arg(long = "match", value_name = "REGEX")]
     pub match_: Option<String>,
     /// Export the N types growing most per process, read from outside (0: off).
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = parse_heap_top)]
     pub heap: usize,
+}
+
+/// `--heap N`: bounded, since every type is a series per process.
+fn parse_heap_top(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= 100 => Ok(n),
+        _ => Err("must be a number of types from 0 (off) to 100".into()),
+    }
 }

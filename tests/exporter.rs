@@ -175,6 +175,16 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// A --match for this checkout's targets only (other test runs on the
+/// machine may run the same scripts).
+fn own_targets(names: &str) -> String {
+    let dir = repo().join("tests/targets");
+    format!(
+        "{}/({names})\\.py",
+        regex::escape(&dir.display().to_string())
+    )
+}
+
 fn python312() -> Interpreter {
     let all = interpreters();
     all.iter()
@@ -253,7 +263,12 @@ fn prometheus_sees_the_leakers_flagged_and_the_healthy_one_at_zero() {
     .unwrap();
     let healthy = spawn_target(&py, "healthy", &["--rate", "20", "--main", "sleep"]).unwrap();
     let started = Instant::now();
-    let exporter = Exporter::start(&["--match", r"(fd_leak|unbounded_cache|healthy)\.py"]);
+    let exporter = Exporter::start(&[
+        "--match",
+        &own_targets("fd_leak|unbounded_cache|healthy"),
+        "--heap",
+        "5",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let (_prom, prom) = start_prometheus(dir.path(), &exporter.addr);
 
@@ -277,13 +292,46 @@ fn prometheus_sees_the_leakers_flagged_and_the_healthy_one_at_zero() {
         flagged(fd.pid, "file-descriptors"),
     );
     assert_eq!(r["metric"]["comm"], "python", "{r}");
+    // The heap is read from outside, so the growth is named as Python
+    // objects, not merely anonymous memory.
     wait_for(
         "the object leaker flagged",
         Duration::from_secs(90),
-        flagged(objects.pid, "anonymous-memory"),
+        flagged(objects.pid, "python-objects"),
     );
     let within = started.elapsed();
     assert!(within < Duration::from_secs(90), "flagged after {within:?}");
+
+    // Its growing type is among its top types, and its count rises in
+    // Prometheus.
+    let sessions = format!(
+        "memsleuth_python_objects{{pid=\"{}\",type=\"app.UserSession\"}}",
+        objects.pid
+    );
+    let rise = wait_for(
+        "app.UserSession counts rising in Prometheus",
+        Duration::from_secs(30),
+        || {
+            let r = query(&prom, &format!("delta({sessions}[20s])"));
+            r.first().filter(|v| value_of(v) > 0.0).cloned()
+        },
+    );
+    assert!(value_of(&rise) > 0.0, "{rise}");
+    let bytes = query(
+        &prom,
+        &format!(
+            "memsleuth_python_object_bytes{{pid=\"{}\",type=\"app.UserSession\"}}",
+            objects.pid
+        ),
+    );
+    assert!(value_of(&bytes[0]) > 0.0, "{bytes:?}");
+    let types = query(
+        &prom,
+        &format!("count(memsleuth_python_objects{{pid=\"{}\"}})", objects.pid),
+    );
+    assert!(value_of(&types[0]) <= 5.0, "{types:?}");
+    let fleet_counts = query(&prom, "memsleuth_python_heap_objects");
+    assert!(fleet_counts.len() >= 2, "{fleet_counts:?}");
 
     // The healthy service: one series, kind="none" at 0, never anything else
     // while it was watched.
@@ -502,7 +550,7 @@ fn every_interpreter_is_watched() {
         .iter()
         .filter_map(|i| spawn_target(i, "idle", &["--main", "sleep"]).map(|t| (i.clone(), t)))
         .collect();
-    let exporter = Exporter::start(&["--match", r"idle\.py"]);
+    let exporter = Exporter::start(&["--match", &own_targets("idle"), "--heap", "3"]);
     let body = wait_for("every target in /metrics", Duration::from_secs(30), || {
         let m = exporter.metrics();
         targets
@@ -527,4 +575,50 @@ fn every_interpreter_is_watched() {
         assert!(rss > 1e6, "[{interp}] {line}");
     }
     eprintln!("{} interpreters watched", targets.len());
+
+    // --heap: each process gets a census read from outside, or one log
+    // line saying why not (and its /proc metrics go on).
+    let census = |m: &str, pid: u32| {
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("memsleuth_python_heap_objects{{pid=\"{pid}\""))
+                    .and_then(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+            })
+            .filter(|n| *n > 100.0)
+    };
+    let skipped = |log: &str, pid: u32| log.contains(&format!("pid {pid}: no census of its heap"));
+    let body = wait_for(
+        "a census or a reason for each",
+        Duration::from_secs(60),
+        || {
+            let m = exporter.metrics();
+            let log = exporter.log();
+            targets
+                .iter()
+                .all(|(_, t)| census(&m, t.pid).is_some() || skipped(&log, t.pid))
+                .then_some(m)
+        },
+    );
+    let log = exporter.log();
+    let mut read = 0;
+    for (interp, t) in &targets {
+        match census(&body, t.pid) {
+            Some(n) => {
+                read += 1;
+                eprintln!("[{interp}] census: {n} objects");
+                assert!(
+                    body.contains(&format!("memsleuth_python_objects{{pid=\"{}\"", t.pid)),
+                    "[{interp}] no types"
+                );
+            }
+            None => eprintln!(
+                "[{interp}] {}",
+                log.lines()
+                    .find(|l| l.contains(&format!("pid {}:", t.pid)))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+    assert!(read >= 1, "no census on any interpreter:\n{log}");
+    assert!(!log.contains("census failed"), "{log}");
 }

@@ -182,13 +182,18 @@ impl Watch {
         let Some(last) = self.heap.last() else {
             return Vec::new();
         };
-        let first = &self.heap[0].census;
+        let first: std::collections::HashMap<&str, u64> = self.heap[0]
+            .census
+            .rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.count))
+            .collect();
         let mut rows: Vec<(i128, u64, &str, u64)> = last
             .census
             .rows
             .iter()
             .map(|r| {
-                let before = first.row(&r.name).map_or(0, |b| b.count);
+                let before = first.get(r.name.as_str()).copied().unwrap_or(0);
                 (
                     r.count as i128 - before as i128,
                     r.size,

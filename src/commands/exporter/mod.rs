@@ -6,6 +6,7 @@
 //! in its own thread, within a time budget.
 
 mod cgroup;
+mod heap;
 mod procs;
 mod server;
 
@@ -20,13 +21,14 @@ use crate::cli::ExporterArgs;
 use crate::render::prometheus::fleet::{ProcessMetrics, SelfMetrics};
 
 /// Every reason the error counter knows (all exported, zeros included).
-pub const REASONS: [&str; 10] = [
+pub const REASONS: [&str; 11] = [
     "process_exited",
     "permission_denied",
     "read_error",
     "heap_unsupported",
     "heap_error",
     "heap_timeout",
+    "heap_torn",
     "http_bad_request",
     "http_timeout",
     "http_overload",
@@ -157,7 +159,7 @@ pub fn run(args: &ExporterArgs) -> CmdResult {
         }
     ));
 
-    let mut fleet = procs::Fleet::new(filter, args.heap, shared.clone());
+    let mut fleet = procs::Fleet::new(filter, args.heap, args.interval, shared.clone())?;
     let interval = Duration::from_secs_f64(args.interval);
     let mut next = Instant::now();
     loop {

@@ -14,13 +14,14 @@ use std::time::Instant;
 
 use regex::Regex;
 
+use super::heap::{Candidate, Done, Heap};
 use super::{Shared, cgroup, log};
 use crate::analysis::watch::{Figures, Watch};
 use crate::commands::ps::looks_like_python;
 use crate::process::sample::{Sample, Want};
 use crate::process::{ProcError, Process, all_pids};
 use crate::python::{self, BuildKind, PythonProcess};
-use crate::render::prometheus::fleet::ProcessMetrics;
+use crate::render::prometheus::fleet::{HeapMetrics, ProcessMetrics};
 
 const RECHECK_PASSES: u64 = 20;
 
@@ -36,15 +37,17 @@ struct Tracked {
     comm: String,
     python: String,
     build: &'static str,
-    #[allow(dead_code)] // for the heap reader
     py: PythonProcess,
     watch: Watch,
+    /// The last census's figures (its rows are in `watch`).
+    heap: Option<HeapMetrics>,
 }
 
 pub struct Fleet {
     known: HashMap<u32, (u64, Known)>,
     filter: Option<Regex>,
-    #[allow(dead_code)] // for the heap reader
+    /// `--heap N`: the census thread, and how many types to export.
+    heap: Option<Heap>,
     heap_top: usize,
     shared: Arc<Shared>,
     t0: Instant,
@@ -55,17 +58,54 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(filter: Option<Regex>, heap_top: usize, shared: Arc<Shared>) -> Fleet {
-        Fleet {
+    pub fn new(
+        filter: Option<Regex>,
+        heap_top: usize,
+        interval: f64,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Fleet> {
+        let t0 = Instant::now();
+        let heap = if heap_top > 0 {
+            Some(Heap::start(interval, t0, shared.clone())?)
+        } else {
+            None
+        };
+        Ok(Fleet {
             known: HashMap::new(),
             filter,
+            heap,
             heap_top,
             shared,
-            t0: Instant::now(),
+            t0,
             boot_time: boot_time(),
             clock_ticks: crate::process::System::read().clock_ticks,
             passes: 0,
             me: std::process::id(),
+        })
+    }
+
+    /// Hands the census thread the processes watched now and files the
+    /// censuses it finished into their windows.
+    fn exchange_heap(&mut self) {
+        let Some(heap) = &self.heap else { return };
+        let candidates = self
+            .known
+            .iter()
+            .filter_map(|(pid, (_, k))| match k {
+                Known::Python(t) => Some(Candidate {
+                    pid: *pid,
+                    start_ticks: t.start_ticks,
+                    py: t.py.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        for done in heap.exchange(candidates) {
+            if let Some((_, Known::Python(t))) = self.known.get_mut(&done.pid)
+                && t.start_ticks == done.start_ticks
+            {
+                t.file_census(done);
+            }
         }
     }
 
@@ -73,6 +113,7 @@ impl Fleet {
     /// of Python-looking processes it may not read.
     pub fn pass(&mut self) -> (Vec<ProcessMetrics>, usize) {
         self.passes += 1;
+        self.exchange_heap();
         let mut seen = Vec::new();
         let mut out = Vec::new();
         for pid in all_pids() {
@@ -105,7 +146,7 @@ impl Fleet {
                 continue;
             };
             t.comm.clone_from(&stat.comm);
-            match sample_one(&proc, t, self.t0) {
+            match sample_one(&proc, t, self.t0, self.heap_top) {
                 Ok(m) => out.push(m),
                 Err(e) => {
                     let reason = reason_of(&e);
@@ -186,11 +227,32 @@ impl Fleet {
             },
             watch: Watch::new(version.unwrap_or((0, 0, 0))),
             py,
+            heap: None,
         }))
     }
 }
 
-fn sample_one(proc: &Process, t: &mut Tracked, t0: Instant) -> Result<ProcessMetrics, ProcError> {
+impl Tracked {
+    fn file_census(&mut self, done: Done) {
+        self.heap = Some(HeapMetrics {
+            timestamp: done.timestamp,
+            duration_s: done.duration_s,
+            objects: done.point.census.count,
+            bytes: done.point.census.size,
+            types: Vec::new(),
+            gc_enabled: done.gc_enabled,
+            garbage: done.garbage,
+        });
+        self.watch.push_heap(done.point);
+    }
+}
+
+fn sample_one(
+    proc: &Process,
+    t: &mut Tracked,
+    t0: Instant,
+    heap_top: usize,
+) -> Result<ProcessMetrics, ProcError> {
     let want = Want {
         rollup: true,
         maps: true,
@@ -213,7 +275,10 @@ fn sample_one(proc: &Process, t: &mut Tracked, t0: Instant) -> Result<ProcessMet
         figures,
         assessment,
         memory_limit: cgroup::memory_limit(proc.pid),
-        heap: None,
+        heap: t.heap.as_ref().map(|h| HeapMetrics {
+            types: t.watch.top_types(heap_top),
+            ..h.clone()
+        }),
     })
 }
 
