@@ -413,6 +413,12 @@ fn prometheus_sees_the_leakers_flagged_and_the_healthy_one_at_zero() {
         log.contains(&format!("pid {fd_pid} (python) exited")),
         "{log}"
     );
+    let exits = exporter
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("memsleuth_exporter_process_exits_total "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(exits.is_some_and(|n| n >= 1.0), "{exits:?}");
     assert!(http(&exporter.addr, "/healthz", None).is_some_and(|(s, _, _)| s == 200));
 }
 

@@ -39,6 +39,8 @@ pub const REASONS: [&str; 11] = [
 pub struct Shared {
     published: Mutex<Published>,
     errors: [AtomicU64; REASONS.len()],
+    /// Watched processes that ended.
+    exits: AtomicU64,
     interval: f64,
 }
 
@@ -56,6 +58,7 @@ impl Shared {
         Shared {
             published: Mutex::new(Published::default()),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            exits: AtomicU64::new(0),
             interval,
         }
     }
@@ -67,6 +70,11 @@ impl Shared {
             .position(|r| *r == reason)
             .unwrap_or(REASONS.len() - 1);
         self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a watched process that ended.
+    pub fn exited(&self) {
+        self.exits.fetch_add(1, Ordering::Relaxed);
     }
 
     fn publish(&self, procs: Vec<ProcessMetrics>, scrape_s: f64, unreadable: usize) {
@@ -88,6 +96,7 @@ impl Shared {
                 .zip(&self.errors)
                 .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
                 .collect(),
+            exits: self.exits.load(Ordering::Relaxed),
             watched: p.watched,
             unreadable: p.unreadable,
         };

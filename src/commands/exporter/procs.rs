@@ -142,31 +142,16 @@ impl Fleet {
                 let known = self.detect(&proc, &stat.comm, stat.start_time);
                 self.known.insert(pid, (stat.start_time, known));
             }
-            let Some((_, Known::Python(t))) = self.known.get_mut(&pid) else {
-                continue;
-            };
-            t.comm.clone_from(&stat.comm);
-            match sample_one(&proc, t, self.t0, self.heap_top) {
-                Ok(m) => out.push(m),
-                Err(e) => {
-                    let reason = reason_of(&e);
-                    self.shared.error(reason);
-                    log(&match reason {
-                        "process_exited" => {
-                            format!("pid {pid} ({}) exited while it was sampled", t.comm)
-                        }
-                        _ => format!("pid {pid} ({}): {e}; no longer watched", t.comm),
-                    });
-                    let pass = self.passes;
-                    self.known
-                        .insert(pid, (stat.start_time, Known::Unreadable { pass }));
-                }
+            if let Some(m) = self.sample_tracked(pid, stat.start_time) {
+                out.push(m);
             }
         }
         // Forget vanished pids (their windows go with them).
+        let shared = &self.shared;
         self.known.retain(|pid, (_, k)| {
             let alive = seen.binary_search(pid).is_ok();
             if !alive && let Known::Python(t) = k {
+                shared.exited();
                 log(&format!("pid {pid} ({}) exited; its series end", t.comm));
             }
             alive
@@ -177,6 +162,36 @@ impl Fleet {
             .filter(|(_, k)| matches!(k, Known::Unreadable { .. }))
             .count();
         (out, unreadable)
+    }
+
+    /// Samples a watched process; on failure says why in the log, counts
+    /// it, and stops watching (a process that exited, or one it may no
+    /// longer read, until its next recheck).
+    fn sample_tracked(&mut self, pid: u32, start_ticks: u64) -> Option<ProcessMetrics> {
+        let Some((_, Known::Python(t))) = self.known.get_mut(&pid) else {
+            return None;
+        };
+        let proc = Process::unchecked(pid);
+        let e = match sample_one(&proc, t, self.t0, self.heap_top) {
+            Ok(m) => return Some(m),
+            Err(e) => e,
+        };
+        let reason = reason_of(&e);
+        self.shared.error(reason);
+        if reason == "process_exited" {
+            log(&format!(
+                "pid {pid} ({}) exited while it was sampled; its series end",
+                t.comm
+            ));
+            self.shared.exited();
+            self.known.remove(&pid);
+        } else {
+            log(&format!("pid {pid} ({}): {e}; no longer watched", t.comm));
+            let pass = self.passes;
+            self.known
+                .insert(pid, (start_ticks, Known::Unreadable { pass }));
+        }
+        None
     }
 
     fn detect(&self, proc: &Process, comm: &str, start_ticks: u64) -> Known {
@@ -302,4 +317,53 @@ fn boot_time() -> u64 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::Ordering;
+
+    /// A target that exits between discovery and sampling: one log line,
+    /// `process_exited` and the exit counter, no metrics, no panic; the
+    /// exporter goes on.
+    #[test]
+    fn a_process_that_exits_while_sampled_is_counted_and_forgotten() {
+        let Ok(mut child) = Command::new("python3")
+            .args(["-c", "import time; time.sleep(60)"])
+            .stdin(Stdio::null())
+            .spawn()
+        else {
+            eprintln!("skipping: no python3 on PATH");
+            return;
+        };
+        let pid = child.id();
+        let shared = Arc::new(Shared::new(1.0));
+        let mut fleet = Fleet::new(None, 0, 1.0, shared.clone()).unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        let start = loop {
+            let (found, _) = fleet.pass();
+            if let Some(m) = found.iter().find(|m| m.pid == pid) {
+                assert!(m.figures.rss > 0);
+                break fleet.known[&pid].0;
+            }
+            assert!(Instant::now() < deadline, "python3 never watched");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(fleet.sample_tracked(pid, start).is_none());
+        let exited = reason_index("process_exited");
+        assert_eq!(shared.errors[exited].load(Ordering::Relaxed), 1);
+        assert_eq!(shared.exits.load(Ordering::Relaxed), 1);
+        assert!(!fleet.known.contains_key(&pid));
+        let (after, unreadable) = fleet.pass();
+        assert!(after.iter().all(|m| m.pid != pid));
+        assert_eq!(unreadable, 0);
+    }
+
+    fn reason_index(r: &str) -> usize {
+        super::super::REASONS.iter().position(|x| *x == r).unwrap()
+    }
 }

@@ -49,6 +49,8 @@ pub struct SelfMetrics {
     pub scrape_duration_s: f64,
     /// Errors by reason, cumulative (every reason listed, zeros included).
     pub errors: Vec<(&'static str, u64)>,
+    /// Watched processes that ended, cumulative.
+    pub exits: u64,
     pub watched: usize,
     /// Python-looking processes it may not read.
     pub unreadable: usize,
@@ -262,6 +264,12 @@ pub fn families(procs: &[ProcessMetrics], me: &SelfMetrics) -> Vec<Family> {
     for (reason, n) in &me.errors {
         errors.add(vec![("reason", reason.to_string())], *n as f64);
     }
+    let mut exits = Family::new(
+        "memsleuth_exporter_process_exits",
+        Counter,
+        "Watched Python processes that ended (their series end with them).",
+    );
+    exits.add(vec![], me.exits as f64);
     let mut count = Family::new(
         "memsleuth_exporter_processes",
         Gauge,
@@ -298,6 +306,7 @@ pub fn families(procs: &[ProcessMetrics], me: &SelfMetrics) -> Vec<Family> {
         build,
         scrape,
         errors,
+        exits,
         count,
     ]
 }
