@@ -14,4 +14,5 @@
 //! validated before use, and a torn or hostile heap gives an error or a
 //! partial result with a count of what was skipped, never a panic.
 
+pub mod snapshot;
 pub mod space;
