@@ -14,5 +14,7 @@
 //! validated before use, and a torn or hostile heap gives an error or a
 //! partial result with a count of what was skipped, never a panic.
 
+pub mod core;
 pub mod snapshot;
+pub mod source;
 pub mod space;

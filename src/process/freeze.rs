@@ -131,18 +131,23 @@ impl Freeze {
     }
 
     fn detach_all(&mut self) {
+        let mut dead = Vec::new();
         for (tid, sig) in self.threads.drain(..) {
-            // ESRCH: it died while stopped (SIGKILL); nothing to resume.
             // SAFETY: plain ptrace request on a thread we seized.
-            unsafe {
+            let r = unsafe {
                 libc::ptrace(
                     libc::PTRACE_DETACH,
                     tid as libc::pid_t,
                     std::ptr::null_mut::<libc::c_void>(),
                     sig as usize as *mut libc::c_void,
-                );
+                )
+            };
+            // ESRCH: SIGKILL woke it out of its stop; nothing to resume.
+            if r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+                dead.push(tid);
             }
         }
+        reap_dead_tracees(self.pid, &dead);
         if self.paused.is_none() {
             self.paused = Some(self.started.elapsed());
         }
@@ -224,6 +229,44 @@ impl Freeze {
 impl Drop for Freeze {
     fn drop(&mut self) {
         self.detach_all();
+    }
+}
+
+/// A traced thread that dies reports its exit to the tracer, and its
+/// process cannot be reaped by its parent until the tracer has collected
+/// it. So collect the dying threads we traced (bounded: SIGKILL finishes
+/// them within milliseconds). The leader is left to its parent when we are
+/// that parent, so its exit status still reaches the parent's own wait.
+fn reap_dead_tracees(pid: u32, dead: &[u32]) {
+    if dead.is_empty() {
+        return;
+    }
+    let we_are_parent = crate::process::Process::open(pid)
+        .and_then(|p| p.stat())
+        .map(|s| s.ppid == std::process::id())
+        .unwrap_or(false);
+    let deadline = Instant::now() + Duration::from_millis(500);
+    for &tid in dead {
+        if tid == pid && we_are_parent {
+            continue;
+        }
+        loop {
+            let mut status = 0i32;
+            // SAFETY: plain non-blocking wait on a (former) ptrace child.
+            let r = unsafe {
+                libc::waitpid(
+                    tid as libc::pid_t,
+                    &mut status,
+                    libc::__WALL | libc::WNOHANG,
+                )
+            };
+            let interrupted =
+                r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+            if (r != 0 && !interrupted) || Instant::now() >= deadline {
+                break; // collected, not ours (ECHILD), or out of time
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
