@@ -18,3 +18,23 @@ pub mod core;
 pub mod snapshot;
 pub mod source;
 pub mod space;
+
+pub mod census;
+#[doc(hidden)]
+pub mod copied;
+pub mod dicts;
+pub mod error;
+pub mod gcstate;
+pub mod layout;
+pub mod mem;
+pub mod names;
+pub mod referents;
+pub mod roots;
+pub mod sizes;
+pub mod strs;
+pub mod types;
+pub mod walk;
+
+pub use census::{CensusOptions, HeapCensus, census};
+pub use error::HeapError;
+pub use roots::{Interpreter, locate};
