@@ -340,7 +340,7 @@ pub struct CoreArgs {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["inject", "nonblocking"])]
     pub core: Option<std::path::PathBuf>,
     /// With --core: the executable the core was made from, when not at the path the core names.
-    #[arg(long, value_name = "PATH", requires = "core")]
+    #[arg(long, value_name = "PATH", requires = "core", conflicts_with = "pid")]
     pub exe: Option<std::path::PathBuf>,
 }
 

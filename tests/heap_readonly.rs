@@ -115,7 +115,14 @@ fn read_only_census_matches_the_interpreter_and_the_agent() {
         // A first agent visit, so that what it leaves behind (modules it
         // imports, on 2.7 `_ast`) is in the heap both censuses see.
         let threads = thread_count(t.pid);
-        let warm = run(memsleuth().args(["types", &t.pid.to_string(), "--json", "--limit", "1"]));
+        let warm = run(memsleuth().args([
+            "types",
+            "--inject",
+            &t.pid.to_string(),
+            "--json",
+            "--limit",
+            "1",
+        ]));
         assert_eq!(warm.code, 0, "[{label}] agent census: {}", warm.stderr);
         wait_threads(&t, threads);
         // Until the counts settle: whatever the agent left to run when the
@@ -192,7 +199,14 @@ fn read_only_census_matches_the_interpreter_and_the_agent() {
             assert_eq!((n, total), (count, size), "[{label}] population {name}");
         }
         // 3. The complete census against the agent's.
-        let out = run(memsleuth().args(["types", &t.pid.to_string(), "--json", "--limit", "0"]));
+        let out = run(memsleuth().args([
+            "types",
+            "--inject",
+            &t.pid.to_string(),
+            "--json",
+            "--limit",
+            "0",
+        ]));
         assert_eq!(out.code, 0, "[{label}] agent census: {}", out.stderr);
         let agent: Value = serde_json::from_str(&out.stdout).unwrap();
         let rows: BTreeMap<String, (u64, u64)> = agent["types"]
