@@ -14,6 +14,10 @@
 //! validated before use, and a torn or hostile heap gives an error or a
 //! partial result with a count of what was skipped, never a panic.
 
+pub mod core;
+pub mod read;
+pub mod snapshot;
+pub mod source;
 pub mod space;
 
 pub mod census;
