@@ -167,11 +167,19 @@ impl Counter<'_> {
                 continue;
             }
             // (An address that is no object stays in `seen`: it never
-            // becomes one.)
-            if self.seen.insert(p) {
-                let Some(pi) = plausible(&self.mem, self.it, &mut self.types, p, scanned) else {
-                    continue;
-                };
+            // becomes one. A scanned word is checked first: the stricter
+            // test may reject what a decoded reference would count.)
+            let pi = if scanned {
+                match plausible(&self.mem, self.it, &mut self.types, p, true) {
+                    Some(pi) if self.seen.insert(p) => Some(pi),
+                    _ => continue,
+                }
+            } else if self.seen.insert(p) {
+                plausible(&self.mem, self.it, &mut self.types, p, false)
+            } else {
+                continue;
+            };
+            if let Some(pi) = pi {
                 if self.stack.len() >= MAX_OBJECTS {
                     self.skipped += 1;
                     continue;

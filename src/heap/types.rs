@@ -72,6 +72,8 @@ pub enum Special {
     Deque,
     /// `_io.Buffered*`: `__sizeof__` adds `buffer_size`.
     Buffered,
+    /// `_struct.Struct`: `__sizeof__` adds its format codes.
+    Struct,
 }
 
 impl TypeInfo {
@@ -197,6 +199,7 @@ impl Types {
                     "_io.BufferedReader" | "_io.BufferedWriter" | "_io.BufferedRandom" => {
                         Special::Buffered
                     }
+                    "_struct.Struct" | "Struct" => Special::Struct,
                     _ => Special::None,
                 };
             }
