@@ -92,7 +92,7 @@ pub fn getsizeof(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64) -> u64 {
             if fl & flags::HEAPTYPE != 0 {
                 let keys = lay
                     .ht_cached_keys
-                    .and_then(|o| mem.u64(obj + o))
+                    .and_then(|o| mem.ptr(obj + o))
                     .unwrap_or(0);
                 let ks = if keys != 0 {
                     dicts::keys_size(mem, it, keys)
@@ -133,7 +133,7 @@ fn struct_codes(mem: &Mem, major: u8, obj: u64) -> u64 {
     if major == 2 {
         return 24 * (len + 1);
     }
-    let codes = mem.u64(obj + 32).unwrap_or(0);
+    let codes = mem.ptr(obj + 32).unwrap_or(0);
     let mut n = 0;
     while n < len && mem.u64(codes + 32 * n).is_some_and(|d| d != 0) {
         n += 1;
