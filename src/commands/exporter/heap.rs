@@ -5,6 +5,11 @@
 //! Nothing runs in the targets and nothing pauses them: the reader walks
 //! the collector's lists with `process_vm_readv` while the process runs and
 //! rejects what it cannot validate (a torn list node counts as skipped).
+//! Why not [`crate::heap::read`], which `types` and doctor use: it copies
+//! the target's writable memory (pausing it for the copy by default), so a
+//! long-running exporter would pause production processes every interval
+//! and hold a copy as large as the largest heap; read lazily, the
+//! exporter's memory stays bounded by the number of processes.
 //! Processes the reader cannot decode (an unknown or free-threaded build, a
 //! missing symbol) are skipped, said once in the log and counted; they keep
 //! their /proc metrics.
