@@ -107,8 +107,8 @@ enum State {
         /// Located on the first census.
         interp: Option<Box<Interpreter>>,
         last: Option<Instant>,
-        /// Failures in a row.
-        errors: u32,
+        /// Failure reasons already said in the log for this process.
+        logged: Vec<&'static str>,
     },
     /// The reader cannot decode this process; never tried again.
     Unsupported,
@@ -174,11 +174,11 @@ impl Worker {
         let State::Ready {
             interp,
             last,
-            errors,
+            logged,
         } = self.state.entry(key).or_insert(State::Ready {
             interp: None,
             last: None,
-            errors: 0,
+            logged: Vec::new(),
         })
         else {
             return None;
@@ -198,9 +198,7 @@ impl Worker {
                     return None;
                 }
                 Err(e) => {
-                    *errors += 1;
-                    let first = *errors == 1;
-                    fail(&self.shared, c.pid, first, "heap_error", &e.to_string());
+                    fail(&self.shared, c.pid, logged, "heap_error", &e.to_string());
                     return None;
                 }
             },
@@ -226,7 +224,6 @@ impl Worker {
                 ),
             ),
             Ok(mut hc) => {
-                *errors = 0;
                 hc.census.ids = None;
                 let gc_enabled = gc.as_ref().and_then(|g| g.enabled);
                 let garbage = gc.as_ref().and_then(|g| g.garbage_len);
@@ -248,22 +245,27 @@ impl Worker {
             }
             Err(e) => ("heap_error", e.to_string()),
         };
-        *errors += 1;
-        let first = *errors == 1;
-        fail(&self.shared, c.pid, first, reason, &message);
+        fail(&self.shared, c.pid, logged, reason, &message);
         None
     }
 }
 
-/// Counts a failed census; says so once per run of failures.
-fn fail(shared: &Shared, pid: u32, first: bool, reason: &str, message: &str) {
-    {
-        shared.error(reason);
-        // One line per run of failures: a process that keeps failing does
-        // not flood the log (the counter keeps counting).
-        if first {
-            log(&format!("pid {pid}: census failed: {message}"));
-        }
+/// Counts a failed census; says so in the log the first time each reason
+/// occurs for a process (a process that keeps failing does not flood the
+/// log; the counter keeps counting).
+fn fail(
+    shared: &Shared,
+    pid: u32,
+    logged: &mut Vec<&'static str>,
+    reason: &'static str,
+    message: &str,
+) {
+    shared.error(reason);
+    if !logged.contains(&reason) {
+        logged.push(reason);
+        log(&format!(
+            "pid {pid}: census failed: {message} (said once; counted as {reason})"
+        ));
     }
 }
 
