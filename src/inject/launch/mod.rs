@@ -1,0 +1,178 @@
+//! Launch mode: reaching a program started with `memsleuth run`.
+//!
+//! Where ptrace is refused (Yama `ptrace_scope` 2/3, a container without
+//! CAP_SYS_PTRACE, a non-dumpable process), nothing can be injected. A
+//! program started with `memsleuth run` loads a small listener at start-up
+//! instead (`src/agent/launch/sitecustomize.py`): one thread blocked in
+//! accept() on `<base>/<pid>-<start time>/s`, next to a `token` file that
+//! only its user can read. [`find`] locates that socket from the pid (the
+//! start time in the name tells a reused pid apart); [`LaunchSocket::run`]
+//! sends it Python source to run, after the token:
+//!
+//! - the usual attach bootstrap, so the session is the normal agent
+//!   session (see [`super::attach`], which alone decides launch or inject);
+//! - or the /proc relay (`relay.py`, see [`relay`]), which reads the
+//!   process's own /proc/self files for a tool that may not.
+//!
+//! Base directories, per uid of the program: `/run/user/UID/memsleuth`
+//! when the program had that as `$XDG_RUNTIME_DIR`, else
+//! `/tmp/memsleuth-UID`; both 0700 and owned by that uid.
+
+pub mod relay;
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::process::Process;
+
+/// The listener, installed as `sitecustomize.py` by `memsleuth run`.
+pub const LISTENER_SOURCE: &str = include_str!("../../agent/launch/sitecustomize.py");
+/// The /proc relay, sent over the socket.
+pub const RELAY_SOURCE: &str = include_str!("../../agent/launch/relay.py");
+
+/// How long the listener may take to run what we sent (it needs the GIL).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(
+        "process {pid} was not started with `memsleuth run` (no socket for it under {dirs}); start it with `memsleuth run -- python ...`, or use --method auto to attach with ptrace"
+    )]
+    NoSocket { pid: u32, dirs: String },
+    #[error(
+        "cannot connect to the `memsleuth run` socket of process {pid} ({path}): {source}; is its Python still running (a program that exec'd something else, or a -I/-E/-S interpreter, has no listener)?"
+    )]
+    Connect {
+        pid: u32,
+        path: String,
+        source: io::Error,
+    },
+    #[error("the `memsleuth run` listener of process {pid} refused the connection: {why}")]
+    Refused { pid: u32, why: String },
+}
+
+/// The base directories where a program of `uid` may have its socket, in
+/// the order looked at.
+pub fn base_dirs(uid: u32) -> [PathBuf; 2] {
+    [
+        PathBuf::from(format!("/run/user/{uid}/memsleuth")),
+        PathBuf::from(format!("/tmp/memsleuth-{uid}")),
+    ]
+}
+
+/// The socket of a launched program.
+#[derive(Debug, Clone)]
+pub struct LaunchSocket {
+    pub pid: u32,
+    /// `<base>/<pid>-<start>` as we reach it (maybe through /proc/PID/root).
+    pub dir: PathBuf,
+    /// The same directory as the program sees it.
+    pub dir_in_target: String,
+    /// Owner of the directory (the program's user).
+    pub uid: u32,
+    pub gid: u32,
+    token: String,
+}
+
+/// The `memsleuth run` socket of `pid`, if it has one we can use. `None`
+/// when there is none (or none we may see: another user's directory is
+/// closed to us, and then attaching says why in its own words).
+pub fn find(pid: u32) -> Option<LaunchSocket> {
+    let proc = Process::unchecked(pid);
+    let start = proc.stat().ok()?.start_time;
+    let uid = proc.status().ok()?.uid;
+    let name = format!("{pid}-{start}");
+    for base in base_dirs(uid) {
+        let in_target = base.join(&name);
+        let shown = in_target.to_string_lossy().into_owned();
+        // The program's own view first (containers), then ours.
+        for dir in [proc.root_path(&shown), in_target.clone()] {
+            if let Some(s) = open_at(pid, &dir, &shown) {
+                return Some(s);
+            }
+        }
+    }
+    None
+}
+
+fn open_at(pid: u32, dir: &Path, in_target: &str) -> Option<LaunchSocket> {
+    let meta = std::fs::symlink_metadata(dir).ok()?;
+    if !meta.is_dir() || meta.mode() & 0o077 != 0 {
+        return None;
+    }
+    let sock = std::fs::symlink_metadata(dir.join("s")).ok()?;
+    if !sock.file_type().is_socket() || sock.uid() != meta.uid() {
+        return None;
+    }
+    let token = std::fs::read_to_string(dir.join("token")).ok()?;
+    let token = token.trim().to_string();
+    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(LaunchSocket {
+        pid,
+        dir: dir.to_path_buf(),
+        dir_in_target: in_target.to_string(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        token,
+    })
+}
+
+impl LaunchSocket {
+    /// The socket path as the program sees it.
+    pub fn socket_in_target(&self) -> String {
+        format!("{}/s", self.dir_in_target)
+    }
+
+    /// Connects, sends the token and `code`, and waits for the listener to
+    /// have run it. Returns the connection (the code may keep serving it).
+    pub fn run(&self, code: &[u8]) -> Result<UnixStream, LaunchError> {
+        let path = self.dir.join("s");
+        let connect_err = |source| LaunchError::Connect {
+            pid: self.pid,
+            path: path.display().to_string(),
+            source,
+        };
+        let mut stream = UnixStream::connect(&path).map_err(connect_err)?;
+        let io_err = |e: io::Error| LaunchError::Refused {
+            pid: self.pid,
+            why: format!("the connection failed: {e}"),
+        };
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .and_then(|_| stream.set_write_timeout(Some(REPLY_TIMEOUT)))
+            .map_err(io_err)?;
+        let mut msg = Vec::with_capacity(72 + code.len());
+        msg.extend_from_slice(b"MSL1");
+        msg.extend_from_slice(self.token.as_bytes());
+        msg.extend_from_slice(&(code.len() as u32).to_be_bytes());
+        msg.extend_from_slice(code);
+        stream.write_all(&msg).map_err(io_err)?;
+        let mut reply = [0u8; 1];
+        let why = match stream.read(&mut reply) {
+            Ok(1) if reply[0] == b'K' => return Ok(stream),
+            Ok(1) if reply[0] == b'T' => {
+                "wrong token (the token file changed: was the program restarted?)".to_string()
+            }
+            Ok(1) if reply[0] == b'E' => "the code we sent failed to run in it".to_string(),
+            Ok(_) => "it hung up: it accepts only its own user and root".to_string(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                format!(
+                    "no answer within {} s (is the program stopped, or holding the GIL in C code?)",
+                    REPLY_TIMEOUT.as_secs()
+                )
+            }
+            Err(e) => format!("the connection failed: {e}"),
+        };
+        Err(LaunchError::Refused { pid: self.pid, why })
+    }
+}
