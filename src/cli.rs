@@ -50,6 +50,20 @@ pub enum Command {
     Native(NativeArgs),
     /// Browse the live heap interactively: types, growth, instances and why they are alive.
     View(ViewArgs),
+    /// Start a program with a listener that lets memsleuth in without ptrace (`run -- python app.py`).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The program and its arguments, e.g. `python app.py --port 8000` (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

@@ -1,0 +1,374 @@
+//! `memsleuth run`: programs started with the launch listener, reached
+//! without ptrace (tests/targets/launch_target.py).
+//!
+//! The unprivileged tests run the program *and* memsleuth as nobody, with a
+//! program that made itself non-dumpable, so that neither ptrace nor
+//! /proc/PID/{maps,smaps,fd,mem} is open to the tool: everything must go
+//! through the listener. Only interpreters that start as nobody are used
+//! there (pyenv's shared builds need root's environment).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{Interpreter, Run, for_each_interpreter, run, targets_dir};
+
+const NOBODY: u32 = 65534;
+/// Another unprivileged user (daemon).
+const OTHER: u32 = 1;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_memsleuth")
+}
+
+fn target_script() -> PathBuf {
+    targets_dir().join("launch_target.py")
+}
+
+/// `cmd` as `uid` (None: as we are), without the caller's PYTHON* variables.
+fn as_user(uid: Option<u32>, program: &str) -> Command {
+    let mut c = match uid {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={u}"),
+                &format!("--regid={u}"),
+                "--clear-groups",
+                "--",
+                program,
+            ]);
+            c
+        }
+        None => Command::new(program),
+    };
+    c.env_remove("PYTHONPATH")
+        .env_remove("PYTHONHOME")
+        .env_remove("PYTHONSTARTUP")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir("/");
+    c
+}
+
+fn setpriv_works() -> bool {
+    Command::new("setpriv").arg("--version").output().is_ok()
+}
+
+/// A program started with `memsleuth run`, killed on drop.
+struct Launched {
+    child: Child,
+    pid: u32,
+}
+
+impl Launched {
+    fn start(uid: Option<u32>, interp: &Path, args: &[&str]) -> Launched {
+        let mut child = as_user(uid, bin())
+            .args(["run", "--"])
+            .arg(interp)
+            .arg("-u")
+            .arg(target_script())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn memsleuth run");
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).expect("read ready line");
+        let pid: u32 = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ready line from {interp:?}: {line:?}"));
+        // Keep draining, so that the program never blocks on a full pipe.
+        std::thread::spawn(move || for _ in out.lines() {});
+        Launched { child, pid }
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn memsleuth_as(uid: Option<u32>, args: &[&str]) -> Run {
+    run(as_user(uid, bin()).args(args))
+}
+
+/// Interpreters that start as an unprivileged user.
+fn unprivileged_interpreters() -> Vec<Interpreter> {
+    common::interpreters()
+        .into_iter()
+        .filter(|i| {
+            as_user(Some(NOBODY), &i.path.to_string_lossy())
+                .args(["-c", "pass"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect()
+}
+
+#[test]
+fn nondumpable_program_as_nobody_eval_types_doctor() {
+    if !setpriv_works() {
+        return;
+    }
+    let interps = unprivileged_interpreters();
+    assert!(
+        !interps.is_empty(),
+        "no interpreter starts as nobody (/usr/bin/python3.11 should)"
+    );
+    for interp in &interps {
+        let label = &interp.label;
+        let t = Launched::start(Some(NOBODY), &interp.path, &["--nondumpable", "grow"]);
+        assert_eq!(
+            t.pid,
+            t.child.id(),
+            "[{label}] memsleuth run execs the program"
+        );
+        // Non-dumpable: its /proc files are root's, ptrace is refused.
+        let maps = std::fs::metadata(format!("/proc/{}/maps", t.pid)).unwrap();
+        assert_eq!(maps.uid(), 0, "[{label}] the target is not non-dumpable");
+        let p = t.pid.to_string();
+        let refused = memsleuth_as(
+            Some(NOBODY),
+            &["eval", &p, "1", "--method", "ptrace", "--timeout", "2"],
+        );
+        assert_eq!(refused.code, 1, "[{label}] ptrace: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("not dumpable"),
+            "[{label}] {}",
+            refused.stderr
+        );
+
+        let r = memsleuth_as(
+            Some(NOBODY),
+            &["eval", &p, "len(sys.modules['__main__'].cache) > 0"],
+        );
+        assert_eq!(
+            (r.code, r.stdout.trim()),
+            (0, "True"),
+            "[{label}] eval: {}",
+            r.stderr
+        );
+
+        let r = memsleuth_as(Some(NOBODY), &["types", &p, "--json", "--limit", "0"]);
+        assert_eq!(r.code, 0, "[{label}] types: {}", r.stderr);
+        let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let records = j["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "__main__.Record")
+            .unwrap_or_else(|| panic!("[{label}] no Record row: {}", r.stdout));
+        assert!(
+            records["count"].as_u64().unwrap() > 0,
+            "[{label}] {records}"
+        );
+        // The RSS beside the census comes from status (readable by all).
+        assert!(j["rss_bytes"].as_u64().unwrap_or(0) > 0, "[{label}] {j}");
+
+        let r = memsleuth_as(Some(NOBODY), &["doctor", &p, "--duration", "8s", "--json"]);
+        assert!(
+            r.code == 3,
+            "[{label}] doctor should say Leak (exit 3), got {}: {}\n{}",
+            r.code,
+            r.stderr,
+            r.stdout
+        );
+        let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(j["findings"][0]["kind"], "python-objects", "[{label}] {j}");
+        assert!(
+            j["findings"][0]["evidence"]["types"]
+                .to_string()
+                .contains("__main__.Record"),
+            "[{label}] {j}"
+        );
+        // The /proc side was read through the program: mappings and fds.
+        let skipped = j["skipped"].to_string();
+        assert!(!skipped.contains("python heap"), "[{label}] {skipped}");
+
+        // Another unprivileged user: one sentence, nothing done.
+        let r = memsleuth_as(Some(OTHER), &["eval", &p, "1"]);
+        assert_eq!(r.code, 1, "[{label}] other uid: {}", r.stdout);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "[{label}] {}", r.stderr);
+        assert!(
+            r.stderr.contains("belongs to uid 65534"),
+            "[{label}] {}",
+            r.stderr
+        );
+        assert!(t.child.id() == t.pid && Path::new(&format!("/proc/{p}")).exists());
+        eprintln!("[{label}] ok");
+    }
+}
+
+/// Runs the echo mode with `input` on stdin, directly or through
+/// `memsleuth run`; returns (stdout, stderr, status).
+fn echo(interp: &Path, launched: bool, status: &str) -> (String, String, i32) {
+    let mut c = if launched {
+        let mut c = as_user(None, bin());
+        c.args(["run", "--"]).arg(interp);
+        c
+    } else {
+        as_user(None, &interp.to_string_lossy())
+    };
+    let mut child = c
+        .arg(target_script())
+        .args(["echo", status, "-I", "--", "x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"first line\nsecond\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn output_status_and_environment_are_the_programs() {
+    for_each_interpreter(|i| {
+        let direct = echo(&i.path, false, "7");
+        let launched = echo(&i.path, true, "7");
+        assert_eq!(direct.2, 7, "[{}] {direct:?}", i.label);
+        assert!(direct.0.contains("SECOND"), "[{}] {direct:?}", i.label);
+        assert_eq!(launched, direct, "[{}]", i.label);
+    });
+}
+
+#[test]
+fn signals_reach_the_program_and_no_process_is_left() {
+    for_each_interpreter(|i| {
+        let mut t = Launched::start(None, &i.path, &["grow", "10"]);
+        // No wrapper: memsleuth run's pid is the program, with no children.
+        let exe = std::fs::read_link(format!("/proc/{}/exe", t.pid)).unwrap();
+        assert!(
+            !exe.to_string_lossy().contains("memsleuth"),
+            "[{}] {exe:?}",
+            i.label
+        );
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", t.pid)).unwrap();
+        assert_eq!(children.trim(), "", "[{}]", i.label);
+        let sock = launch_dir_of(t.pid).expect("socket directory");
+        unsafe { libc::kill(t.pid as i32, libc::SIGTERM) };
+        let status = t.child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "[{}]", i.label);
+        assert!(!Path::new(&format!("/proc/{}", t.pid)).exists());
+        // Killed before its exit handler: the next `memsleuth run` sweeps it.
+        assert!(sock.exists(), "[{}]", i.label);
+        let r = run(as_user(None, bin())
+            .args(["run", "--"])
+            .arg(&i.path)
+            .args(["-c", "pass"]));
+        assert_eq!(r.code, 0, "[{}] {}", i.label, r.stderr);
+        assert!(!sock.exists(), "[{}] stale {sock:?} not swept", i.label);
+    });
+}
+
+/// The `<base>/<pid>-<start>` directory of a launched program of ours.
+fn launch_dir_of(pid: u32) -> Option<PathBuf> {
+    let uid = unsafe { libc::geteuid() };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let start = stat
+        .rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .to_string();
+    [
+        format!("/run/user/{uid}/memsleuth"),
+        format!("/tmp/memsleuth-{uid}"),
+    ]
+    .iter()
+    .map(|b| Path::new(b).join(format!("{pid}-{start}")))
+    .find(|p| p.join("s").exists())
+}
+
+#[test]
+fn run_then_eval_and_exit_handler_cleans_up_on_every_interpreter() {
+    for_each_interpreter(|i| {
+        let t = Launched::start(None, &i.path, &["grow", "10"]);
+        let p = t.pid.to_string();
+        // --method launch: only the listener may be used.
+        let r = memsleuth_as(
+            None,
+            &[
+                "eval",
+                &p,
+                "--method",
+                "launch",
+                "(len(sys.modules['__main__'].cache) >= 0, os.getpid())",
+            ],
+        );
+        assert_eq!(r.code, 0, "[{}] {}", i.label, r.stderr);
+        assert_eq!(r.stdout.trim(), format!("(True, {p})"), "[{}]", i.label);
+        // A second session works too (the first one ended cleanly).
+        let r = memsleuth_as(None, &["exec", &p, "--method", "launch", "print(6 * 7)"]);
+        assert_eq!(
+            (r.code, r.stdout.trim()),
+            (0, "42"),
+            "[{}] {}",
+            i.label,
+            r.stderr
+        );
+        let dir = launch_dir_of(t.pid).expect("socket directory");
+        // The program's own SIGUSR1 handler exits normally: the listener's
+        // exit handler removes everything it made.
+        let mut t = t;
+        unsafe { libc::kill(t.pid as i32, libc::SIGUSR1) };
+        let status = t.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "[{}] {status:?}", i.label);
+        assert!(!dir.exists(), "[{}] {dir:?} left behind", i.label);
+        drop(t);
+    });
+}
+
+#[test]
+fn without_run_method_launch_says_what_to_do() {
+    let mut plain = Command::new("sleep").arg("30").spawn().unwrap();
+    let r = memsleuth_as(
+        None,
+        &["eval", &plain.id().to_string(), "--method", "launch", "1"],
+    );
+    let _ = plain.kill();
+    let _ = plain.wait();
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("was not started with `memsleuth run`"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+}
+
+#[test]
+fn isolated_interpreters_are_refused_before_starting() {
+    for flags in [["-I"], ["-E"], ["-S"]] {
+        let r = run(as_user(None, bin())
+            .args(["run", "--", "/usr/bin/python3.11"])
+            .args(flags)
+            .args(["-c", "print('ran')"]));
+        assert_eq!(r.code, 1, "{flags:?}: {}", r.stdout);
+        assert!(!r.stdout.contains("ran"));
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+        assert!(r.stderr.contains(flags[0]), "{}", r.stderr);
+    }
+    let r = run(as_user(None, bin()).args(["run", "--", "/nonexistent/python"]));
+    assert_eq!(r.code, 127, "{}", r.stderr);
+}
