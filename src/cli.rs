@@ -56,6 +56,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Keep the program running when the process that started `memsleuth run` exits (by default it gets SIGTERM then).
+    #[arg(long)]
+    pub survive_parent: bool,
     /// The program and its arguments, e.g. `python app.py --port 8000` (after `--`).
     #[arg(
         required = true,

@@ -53,6 +53,10 @@ fn as_user(uid: Option<u32>, program: &str) -> Command {
     c
 }
 
+fn euid() -> u32 {
+    unsafe { libc::geteuid() }
+}
+
 fn setpriv_works() -> bool {
     Command::new("setpriv").arg("--version").output().is_ok()
 }
@@ -105,7 +109,12 @@ fn unprivileged_interpreters() -> Vec<Interpreter> {
     common::interpreters()
         .into_iter()
         .filter(|i| {
-            as_user(Some(NOBODY), &i.path.to_string_lossy())
+            // Through `memsleuth run` itself: setpriv execs with root's
+            // capabilities still in effect, so it may start what nobody
+            // cannot (a pyenv build under /root).
+            as_user(Some(NOBODY), bin())
+                .args(["run", "--"])
+                .arg(&i.path)
                 .args(["-c", "pass"])
                 .stderr(Stdio::null())
                 .status()
@@ -174,7 +183,7 @@ fn nondumpable_program_as_nobody_eval_types_doctor() {
         // The RSS beside the census comes from status (readable by all).
         assert!(j["rss_bytes"].as_u64().unwrap_or(0) > 0, "[{label}] {j}");
 
-        let r = memsleuth_as(Some(NOBODY), &["doctor", &p, "--duration", "8s", "--json"]);
+        let r = memsleuth_as(Some(NOBODY), &["doctor", &p, "--duration", "20s", "--json"]);
         assert!(
             r.code == 3,
             "[{label}] doctor should say Leak (exit 3), got {}: {}\n{}",
@@ -204,19 +213,41 @@ fn nondumpable_program_as_nobody_eval_types_doctor() {
             r.stderr
         );
         assert!(t.child.id() == t.pid && Path::new(&format!("/proc/{p}")).exists());
+
+        // A normal exit (its own SIGUSR1 handler): nothing of ours stays.
+        let dir = launch_dir_of(t.pid, NOBODY).expect("socket directory");
+        let mut t = t;
+        unsafe { libc::kill(t.pid as i32, libc::SIGUSR1) };
+        let status = t.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "[{label}] {status:?}");
+        assert!(!dir.exists(), "[{label}] {dir:?} left behind");
+        let left: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.iter()
+                .all(|n| !n.to_string_lossy().starts_with(&format!("{p}-"))),
+            "[{label}] {left:?}"
+        );
+
+        // Output and status, as nobody too.
+        let direct = echo(Some(NOBODY), &interp.path, false, "5");
+        let launched = echo(Some(NOBODY), &interp.path, true, "5");
+        assert_eq!(direct.2, 5, "[{label}] {direct:?}");
+        assert_eq!(launched, direct, "[{label}]");
         eprintln!("[{label}] ok");
     }
 }
 
 /// Runs the echo mode with `input` on stdin, directly or through
 /// `memsleuth run`; returns (stdout, stderr, status).
-fn echo(interp: &Path, launched: bool, status: &str) -> (String, String, i32) {
+fn echo(uid: Option<u32>, interp: &Path, launched: bool, status: &str) -> (String, String, i32) {
     let mut c = if launched {
-        let mut c = as_user(None, bin());
+        let mut c = as_user(uid, bin());
         c.args(["run", "--"]).arg(interp);
         c
     } else {
-        as_user(None, &interp.to_string_lossy())
+        as_user(uid, &interp.to_string_lossy())
     };
     let mut child = c
         .arg(target_script())
@@ -243,8 +274,8 @@ fn echo(interp: &Path, launched: bool, status: &str) -> (String, String, i32) {
 #[test]
 fn output_status_and_environment_are_the_programs() {
     for_each_interpreter(|i| {
-        let direct = echo(&i.path, false, "7");
-        let launched = echo(&i.path, true, "7");
+        let direct = echo(None, &i.path, false, "7");
+        let launched = echo(None, &i.path, true, "7");
         assert_eq!(direct.2, 7, "[{}] {direct:?}", i.label);
         assert!(direct.0.contains("SECOND"), "[{}] {direct:?}", i.label);
         assert_eq!(launched, direct, "[{}]", i.label);
@@ -257,21 +288,22 @@ fn signals_reach_the_program_and_no_process_is_left() {
         let mut t = Launched::start(None, &i.path, &["grow", "10"]);
         // No wrapper: memsleuth run's pid is the program, with no children.
         let exe = std::fs::read_link(format!("/proc/{}/exe", t.pid)).unwrap();
-        assert!(
-            !exe.to_string_lossy().contains("memsleuth"),
-            "[{}] {exe:?}",
+        assert_eq!(
+            exe,
+            std::fs::canonicalize(&i.path).unwrap(),
+            "[{}] memsleuth run did not exec the program",
             i.label
         );
         let children =
             std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", t.pid)).unwrap();
         assert_eq!(children.trim(), "", "[{}]", i.label);
-        let sock = launch_dir_of(t.pid).expect("socket directory");
+        let sock = launch_dir_of(t.pid, euid()).expect("socket directory");
         unsafe { libc::kill(t.pid as i32, libc::SIGTERM) };
         let status = t.child.wait().unwrap();
         assert_eq!(status.signal(), Some(libc::SIGTERM), "[{}]", i.label);
         assert!(!Path::new(&format!("/proc/{}", t.pid)).exists());
-        // Killed before its exit handler: the next `memsleuth run` sweeps it.
-        assert!(sock.exists(), "[{}]", i.label);
+        // Killed before its exit handler: the next `memsleuth run` sweeps
+        // it (if a run of another test here has not done so already).
         let r = run(as_user(None, bin())
             .args(["run", "--"])
             .arg(&i.path)
@@ -281,9 +313,8 @@ fn signals_reach_the_program_and_no_process_is_left() {
     });
 }
 
-/// The `<base>/<pid>-<start>` directory of a launched program of ours.
-fn launch_dir_of(pid: u32) -> Option<PathBuf> {
-    let uid = unsafe { libc::geteuid() };
+/// The `<base>/<pid>-<start>` directory of a launched program of `uid`.
+fn launch_dir_of(pid: u32, uid: u32) -> Option<PathBuf> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let start = stat
         .rsplit(')')
@@ -327,7 +358,16 @@ fn run_then_eval_and_exit_handler_cleans_up_on_every_interpreter() {
             i.label,
             r.stderr
         );
-        let dir = launch_dir_of(t.pid).expect("socket directory");
+        let dir = launch_dir_of(t.pid, euid()).expect("socket directory");
+        // The listener deleted its own file at start-up (and any .pyc):
+        // only the socket and the token are on disk while it runs.
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["s", "token"], "[{}] in {dir:?}", i.label);
         // The program's own SIGUSR1 handler exits normally: the listener's
         // exit handler removes everything it made.
         let mut t = t;
@@ -336,6 +376,88 @@ fn run_then_eval_and_exit_handler_cleans_up_on_every_interpreter() {
         assert_eq!(status.code(), Some(0), "[{}] {status:?}", i.label);
         assert!(!dir.exists(), "[{}] {dir:?} left behind", i.label);
         drop(t);
+    });
+}
+
+/// `sh -c 'memsleuth run ... & wait'`, printing the program's ready line;
+/// returns (the shell, the program's pid).
+fn under_a_shell(interp: &Path, extra: &[&str]) -> (Child, u32) {
+    let line = format!(
+        "{} run {} -- {} -u {} grow 10 & wait",
+        bin(),
+        extra.join(" "),
+        interp.display(),
+        target_script().display()
+    );
+    let mut sh = as_user(None, "sh")
+        .args(["-c", &line])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(sh.stdout.take().unwrap());
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    let pid: u32 = ready
+        .strip_prefix("ready ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ready line: {ready:?}"));
+    std::thread::spawn(move || for _ in out.lines() {});
+    (sh, pid)
+}
+
+/// Whether `pid` is gone (or a zombie waiting for init) within `secs`.
+fn ends_within(pid: u32, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(st) if st.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')) => return true,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
+#[test]
+fn killing_the_parent_leaves_no_orphan() {
+    for_each_interpreter(|i| {
+        let (mut sh, pid) = under_a_shell(&i.path, &[]);
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let ppid: u32 = ppid
+            .rsplit(") ")
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            ppid,
+            sh.id(),
+            "[{}] the program is the shell's child",
+            i.label
+        );
+        sh.kill().unwrap();
+        sh.wait().unwrap();
+        assert!(
+            ends_within(pid, 5),
+            "[{}] program {pid} outlived its parent",
+            i.label
+        );
+
+        // --survive-parent: it keeps running, as a plain `python` would.
+        let (mut sh, pid) = under_a_shell(&i.path, &["--survive-parent"]);
+        sh.kill().unwrap();
+        sh.wait().unwrap();
+        assert!(
+            !ends_within(pid, 2),
+            "[{}] --survive-parent: program ended",
+            i.label
+        );
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        assert!(ends_within(pid, 5), "[{}]", i.label);
     });
 }
 

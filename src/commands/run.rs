@@ -1,18 +1,24 @@
 //! `memsleuth run [--] python app.py ...`: start a program so that memsleuth
 //! can get in later without ptrace (see [`crate::inject::launch`]).
 //!
-//! It prepares a private directory, writes the listener there as
-//! `sitecustomize.py`, puts that directory first on PYTHONPATH, and then
-//! *execs* the program: memsleuth is gone, the program has our pid, and its
-//! stdin/stdout/stderr, signals and exit status are its own: there is no
-//! wrapper process to orphan or to forward signals through. The listener
-//! restores PYTHONPATH at start-up, and removes its socket at exit (a
-//! socket left by a killed program is swept by the next `memsleuth run`).
+//! It makes the program's private directory `<base>/<pid>-<start time>`
+//! (the pid and start time are ours, and stay the program's), writes the
+//! listener there as `site/sitecustomize.py`, puts that first on
+//! PYTHONPATH, and then *execs* the program: memsleuth is gone, the program
+//! has our pid, and its stdin/stdout/stderr, signals and exit status are
+//! its own; there is no wrapper process to forward signals through or to
+//! leave behind. The listener restores PYTHONPATH and deletes `site/` at
+//! start-up, and removes the rest at exit. A program killed before its exit
+//! handlers ran leaves its directory; the next `memsleuth run` sweeps it.
+//!
+//! Unless `--survive-parent`, the program gets SIGTERM when the process
+//! that started `memsleuth run` exits (PR_SET_PDEATHSIG, kept across exec),
+//! so that killing a test harness or a supervisor leaves no orphan.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,6 +30,9 @@ use crate::cli::RunArgs;
 use crate::inject::launch::{self, LISTENER_SOURCE};
 use crate::process::{Process, users};
 
+/// The signal the program gets when our parent exits.
+const PARENT_DEATH_SIGNAL: libc::c_int = libc::SIGTERM;
+
 pub fn run(args: &RunArgs) -> CmdResult {
     let Some(program) = args.command.first() else {
         bail!("give the program to run, e.g. `memsleuth run -- python app.py`");
@@ -32,9 +41,13 @@ pub fn run(args: &RunArgs) -> CmdResult {
         bail!(why);
     }
     let euid = users::our_uid();
-    let base = base_dir(euid)?;
-    sweep_stale(&base);
-    let site = write_site(&base)?;
+    let (base, own) = own_dir(euid)?;
+    let site = own.join("site");
+    if let Err(e) = write_site(&site) {
+        remove_entry(&own);
+        let _ = std::fs::remove_dir(&base);
+        return Err(e);
+    }
 
     let old = std::env::var_os("PYTHONPATH");
     let mut path = site.clone().into_os_string();
@@ -47,6 +60,13 @@ pub fn run(args: &RunArgs) -> CmdResult {
             path.push(old);
         }
     }
+    if !args.survive_parent
+        && let Err(e) = die_with_parent()
+    {
+        remove_entry(&own);
+        let _ = std::fs::remove_dir(&base);
+        return Err(e);
+    }
     let err = std::process::Command::new(program)
         .args(&args.command[1..])
         .env("PYTHONPATH", path)
@@ -54,7 +74,10 @@ pub fn run(args: &RunArgs) -> CmdResult {
         .env("MEMSLEUTH_LAUNCH_SITE", &site)
         .env("MEMSLEUTH_LAUNCH_PYTHONPATH", saved)
         .exec();
-    // Only reached when exec failed; exit like a shell would.
+    // Only reached when exec failed: nothing may stay, and exit like a
+    // shell would.
+    remove_entry(&own);
+    let _ = std::fs::remove_dir(&base);
     let code = if err.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
@@ -65,6 +88,33 @@ pub fn run(args: &RunArgs) -> CmdResult {
         program.to_string_lossy()
     );
     Ok(ExitCode::from(code))
+}
+
+/// Asks the kernel to send the program PARENT_DEATH_SIGNAL when our
+/// parent exits; refuses to start when that parent is already gone.
+fn die_with_parent() -> anyhow::Result<()> {
+    let parent = std::os::unix::process::parent_id();
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            PARENT_DEATH_SIGNAL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!(
+            "cannot ask to be stopped with our parent (prctl PR_SET_PDEATHSIG: {e}); add --survive-parent to start the program anyway"
+        );
+    }
+    if std::os::unix::process::parent_id() != parent {
+        bail!(
+            "the process that started `memsleuth run` has already exited, so the program was not started (add --survive-parent to start it anyway)"
+        );
+    }
+    Ok(())
 }
 
 /// Why the listener cannot load into this command line, if it cannot: a
@@ -142,43 +192,46 @@ fn base_dir(euid: u32) -> anyhow::Result<PathBuf> {
     Ok(base)
 }
 
-/// Writes the listener to `<base>/site-<hash>/sitecustomize.py` (once per
-/// listener version; the same file serves every program started later).
-fn write_site(base: &Path) -> anyhow::Result<PathBuf> {
-    // FNV-1a: a name per listener version, not a security measure.
-    let hash = LISTENER_SOURCE
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-    let site = base.join(format!("site-{hash:016x}"));
-    match std::fs::DirBuilder::new().mode(0o700).create(&site) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}", site.display())),
+/// The base directory (stale entries swept) and, made in it, this
+/// program's own `<pid>-<start time>` (0700). The last program to exit
+/// removes an empty base: when that races with us, we make it again.
+fn own_dir(euid: u32) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let pid = std::process::id();
+    let start = Process::unchecked(pid)
+        .stat()
+        .context("cannot read our own /proc/self/stat")?
+        .start_time;
+    let mut tries = 0;
+    loop {
+        let base = base_dir(euid)?;
+        sweep_stale(&base);
+        let own = base.join(format!("{pid}-{start}"));
+        match std::fs::DirBuilder::new().mode(0o700).create(&own) {
+            Ok(()) => return Ok((base, own)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 5 => tries += 1,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", own.display())),
+        }
     }
+}
+
+/// Writes the listener to `<site>/sitecustomize.py`, in a new 0700
+/// directory.
+fn write_site(site: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(site)
+        .with_context(|| format!("cannot create {}", site.display()))?;
     let file = site.join("sitecustomize.py");
-    if std::fs::read(&file).is_ok_and(|b| b == LISTENER_SOURCE.as_bytes()) {
-        return Ok(site);
-    }
-    let tmp = site.join(format!(".sitecustomize.{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(LISTENER_SOURCE.as_bytes())?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&tmp, &file)
-    };
-    write()
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&file)
+        .with_context(|| format!("cannot create {}", file.display()))?;
+    f.write_all(LISTENER_SOURCE.as_bytes())
         .with_context(|| format!("cannot write {}", file.display()))?;
-    Ok(site)
+    Ok(())
 }
 
 /// Removes the directories of programs that are gone (killed before their
@@ -208,23 +261,20 @@ fn parse_entry(name: &OsStr) -> Option<(u32, u64)> {
     Some((pid.parse().ok()?, start.parse().ok()?))
 }
 
-/// The socket, the token, and leftover session directories; then the
-/// directory itself. Symlinks are removed, never followed.
+/// A program's directory: its socket, token, `site/` (with a `__pycache__`)
+/// and leftover session directories, then the directory itself. Symlinks
+/// are removed, never followed.
 fn remove_entry(dir: &Path) {
+    remove_tree(dir, 3);
+}
+
+fn remove_tree(dir: &Path, depth: u32) {
     if let Ok(list) = std::fs::read_dir(dir) {
         for e in list.flatten().take(1000) {
-            let p = e.path();
             match e.file_type() {
-                Ok(t) if t.is_dir() => {
-                    if let Ok(inner) = std::fs::read_dir(&p) {
-                        for f in inner.flatten().take(100) {
-                            let _ = std::fs::remove_file(f.path());
-                        }
-                    }
-                    let _ = std::fs::remove_dir(&p);
-                }
+                Ok(t) if t.is_dir() && depth > 0 => remove_tree(&e.path(), depth - 1),
                 _ => {
-                    let _ = std::fs::remove_file(&p);
+                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }

@@ -1,16 +1,17 @@
 # memsleuth launch listener, loaded as `sitecustomize` by `memsleuth run`.
 #
-# `memsleuth run -- python app.py` puts the private directory holding this
-# file first on PYTHONPATH and execs the program, which stays unchanged.
-# At start-up this file:
+# `memsleuth run -- python app.py` writes this file to
+# <base>/<pid>-<start time>/site/, puts that directory first on PYTHONPATH,
+# and execs the program, which stays unchanged. At start-up this file:
 #   1. restores the environment (PYTHONPATH as it was, our variables gone:
-#      child processes inherit nothing of ours) and takes its directory off
-#      sys.path;
+#      child processes inherit nothing of ours), takes its directory off
+#      sys.path and deletes it (with any .pyc: all was read by now);
 #   2. makes <base>/<pid>-<start time>/ (0700) with a random `token` (0600)
 #      and a Unix socket `s` (0600), and starts one thread blocked in
 #      accept(): no polling, no wake-ups while nobody connects;
 #   3. imports the sitecustomize that would have run without us, if any,
 #      so that one still runs (and its errors are reported as before).
+# At exit it removes what it made, and <base> itself when that is empty.
 #
 # A connection must come from our uid or root (SO_PEERCRED) and begin with
 # b'MSL1', the token (64 hex digits) and a u32 BE length; then comes that
@@ -41,10 +42,39 @@ def _memsleuth_launch():
         while site in sys.path:
             sys.path.remove(site)
         getattr(sys, 'path_importer_cache', {}).pop(site, None)
+        # Deleted only if it is the one `memsleuth run` made.
+        if base and os.path.basename(site) == 'site' and \
+                os.path.dirname(os.path.dirname(site)) == base:
+            _forget_site(os, site)
     if not base:
         return
     try:
         _listen(os, sys, base)
+    except BaseException:
+        pass
+
+
+def _forget_site(os, site):
+    # This file was read (and its .pyc written) before it ran: nothing of
+    # it needs to stay on disk. Its parent is the launch directory of the
+    # pid that ran `memsleuth run`: ours (made again below), or, when a
+    # non-Python program started us, one that would stay empty.
+    try:
+        for d in (site + '/__pycache__', site, os.path.dirname(site)):
+            try:
+                names = os.listdir(d)
+            except OSError:
+                continue
+            for n in names:
+                if n.startswith('sitecustomize.'):
+                    try:
+                        os.unlink(d + '/' + n)
+                    except OSError:
+                        pass
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
     except BaseException:
         pass
 
@@ -85,7 +115,20 @@ def _listen_on(os, sys, base):
     path = d + '/s'
     tpath = d + '/token'
     try:
-        os.mkdir(d, 0o700)
+        try:
+            os.mkdir(d, 0o700)
+        except OSError:
+            # The base went away with the last program in it: once more.
+            if os.path.isdir(d):
+                raise
+            try:
+                os.mkdir(base, 0o700)
+            except OSError:
+                pass
+            st = os.lstat(base)
+            if (st.st_mode & 0o170000) != 0o040000 or st.st_uid != euid or st.st_mode & 0o077:
+                return
+            os.mkdir(d, 0o700)
     except OSError:
         # The same pid and start time: this process exec'd Python again.
         st = os.lstat(d)
@@ -211,10 +254,25 @@ def _listen_on(os, sys, base):
                 os.unlink(p)
             except OSError:
                 pass
+        # Session directories of a tool killed before its agent connected.
         try:
-            os.rmdir(d)
+            names = os.listdir(d)
         except OSError:
-            pass
+            names = []
+        for n in names:
+            sub = d + '/' + n
+            if not n.startswith('memsleuth-') or os.path.islink(sub):
+                continue
+            try:
+                for f in os.listdir(sub):
+                    os.unlink(sub + '/' + f)
+            except OSError:
+                pass
+        for p in (d, base):
+            try:
+                os.rmdir(p)
+            except OSError:
+                pass
 
     import atexit
     atexit.register(cleanup)
@@ -237,7 +295,7 @@ def _memsleuth_chain():
 
 
 _memsleuth_launch()
-del _memsleuth_launch, _listen, _listen_on
+del _memsleuth_launch, _forget_site, _listen, _listen_on
 try:
     _memsleuth_chain()
 finally:
