@@ -29,7 +29,7 @@ use crate::process::users;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MethodChoice {
-    /// PEP 768 when the target allows it, else ptrace.
+    /// The `memsleuth run` socket if the program has one; else PEP 768 when the target allows it, else ptrace.
     #[default]
     Auto,
     /// Only PEP 768 (3.14+).
