@@ -21,7 +21,7 @@
 pub mod relay;
 
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -90,7 +90,7 @@ pub fn find(pid: u32) -> Option<LaunchSocket> {
         let shown = in_target.to_string_lossy().into_owned();
         // The program's own view first (containers), then ours.
         for dir in [proc.root_path(&shown), in_target.clone()] {
-            if let Some(s) = open_at(pid, &dir, &shown) {
+            if let Some(s) = open_at(pid, &dir, &shown, uid) {
                 return Some(s);
             }
         }
@@ -98,16 +98,34 @@ pub fn find(pid: u32) -> Option<LaunchSocket> {
     None
 }
 
-fn open_at(pid: u32, dir: &Path, in_target: &str) -> Option<LaunchSocket> {
-    let meta = std::fs::symlink_metadata(dir).ok()?;
-    if !meta.is_dir() || meta.mode() & 0o077 != 0 {
-        return None;
-    }
+/// Whether `path` is a real directory (not a symlink) of `uid`, closed to
+/// others.
+fn private_dir_of(path: &Path, uid: u32) -> Option<std::fs::Metadata> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    (meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0).then_some(meta)
+}
+
+/// The socket in `dir`, if everything there is the program's user's own:
+/// the base, the directory, the socket and the token file (read without
+/// following a symlink: a root tool must not send anyone a file of its own).
+fn open_at(pid: u32, dir: &Path, in_target: &str, uid: u32) -> Option<LaunchSocket> {
+    private_dir_of(dir.parent()?, uid)?;
+    let meta = private_dir_of(dir, uid)?;
     let sock = std::fs::symlink_metadata(dir.join("s")).ok()?;
-    if !sock.file_type().is_socket() || sock.uid() != meta.uid() {
+    if !sock.file_type().is_socket() || sock.uid() != uid {
         return None;
     }
-    let token = std::fs::read_to_string(dir.join("token")).ok()?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join("token"))
+        .ok()?;
+    let fm = file.metadata().ok()?;
+    if !fm.is_file() || fm.uid() != uid || fm.mode() & 0o077 != 0 {
+        return None;
+    }
+    let mut token = String::new();
+    (&mut file).take(128).read_to_string(&mut token).ok()?;
     let token = token.trim().to_string();
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -174,5 +192,88 @@ impl LaunchSocket {
             Err(e) => format!("the connection failed: {e}"),
         };
         Err(LaunchError::Refused { pid: self.pid, why })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::DirBuilderExt;
+
+    /// A launch directory for this test process itself, as a listener
+    /// would make it; removed on drop.
+    struct Fake {
+        dir: PathBuf,
+        _listener: std::os::unix::net::UnixListener,
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            for f in ["s", "token"] {
+                let _ = std::fs::remove_file(self.dir.join(f));
+            }
+            let _ = std::fs::remove_dir(&self.dir);
+            if let Some(base) = self.dir.parent() {
+                let _ = std::fs::remove_dir(base);
+            }
+        }
+    }
+
+    fn fake(token: impl FnOnce(&Path)) -> Fake {
+        let pid = std::process::id();
+        let uid = unsafe { libc::geteuid() };
+        let start = Process::unchecked(pid).stat().unwrap().start_time;
+        let base = PathBuf::from(format!("/tmp/memsleuth-{uid}"));
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&base);
+        let dir = base.join(format!("{pid}-{start}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("s")).unwrap();
+        token(&dir.join("token"));
+        Fake {
+            dir,
+            _listener: listener,
+        }
+    }
+
+    fn write_private(path: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    // One test: both cases use this process's one directory name.
+    #[test]
+    fn a_token_is_read_only_from_a_private_file_never_through_a_symlink() {
+        let good = "ab".repeat(32);
+        {
+            let f = fake(|p| write_private(p, &good));
+            let s = find(std::process::id()).expect("found");
+            assert_eq!(Path::new(&s.dir_in_target), f.dir);
+            assert_eq!(s.token, good);
+        }
+        let elsewhere = std::env::temp_dir().join(format!(
+            "memsleuth-launch-unit-{}-secret",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&elsewhere);
+        write_private(&elsewhere, &good);
+        {
+            let _f = fake(|p| std::os::unix::fs::symlink(&elsewhere, p).unwrap());
+            assert!(find(std::process::id()).is_none());
+        }
+        let _ = std::fs::remove_file(&elsewhere);
+        {
+            // Readable by others: not the listener's.
+            let _f = fake(|p| {
+                write_private(p, &good);
+                std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                    .unwrap();
+            });
+            assert!(find(std::process::id()).is_none());
+        }
     }
 }
