@@ -167,6 +167,50 @@ fn nondumpable_program_as_nobody_eval_types_doctor() {
             r.stderr
         );
 
+        // The other attach commands take the same way in.
+        for (args, expect) in [
+            (
+                &["exec", &p, "print(len(sys.modules['__main__'].cache) > 0)"][..],
+                "True",
+            ),
+            (&["gc", &p], "automatic collection"),
+            // /proc/PID/smaps is root's: the program reads it for us.
+            (&["maps", &p], "[heap]"),
+            (&["why", &p, "--type", "__main__.Record"], "__main__.cache"),
+            (
+                &["growth", &p, "--interval", "1s", "--samples", "2"],
+                "__main__.Record",
+            ),
+        ] {
+            let r = memsleuth_as(Some(NOBODY), args);
+            assert!(
+                r.code == 0 && r.stdout.contains(expect),
+                "[{label}] {args:?}: {}\n{}",
+                r.stderr,
+                r.stdout
+            );
+        }
+        let mut shell = as_user(Some(NOBODY), bin())
+            .args(["shell", &p])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        shell
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"n = len(sys.modules['__main__'].cache)\nprint(n > 0, os.getpid())\n")
+            .unwrap();
+        let out = shell.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(&format!("True {p}")),
+            "[{label}] shell: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
         let r = memsleuth_as(Some(NOBODY), &["types", &p, "--json", "--limit", "0"]);
         assert_eq!(r.code, 0, "[{label}] types: {}", r.stderr);
         let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
