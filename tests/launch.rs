@@ -53,6 +53,15 @@ fn as_user(uid: Option<u32>, program: &str) -> Command {
     c
 }
 
+/// One test at a time: each already runs its interpreters in parallel, and
+/// doctor's GIL budget (2% of its observation) must not pay for a
+/// starved machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
@@ -125,6 +134,7 @@ fn unprivileged_interpreters() -> Vec<Interpreter> {
 
 #[test]
 fn nondumpable_program_as_nobody_eval_types_doctor() {
+    let _one = one_at_a_time();
     if !setpriv_works() {
         return;
     }
@@ -317,6 +327,7 @@ fn echo(uid: Option<u32>, interp: &Path, launched: bool, status: &str) -> (Strin
 
 #[test]
 fn output_status_and_environment_are_the_programs() {
+    let _one = one_at_a_time();
     for_each_interpreter(|i| {
         let direct = echo(None, &i.path, false, "7");
         let launched = echo(None, &i.path, true, "7");
@@ -328,6 +339,7 @@ fn output_status_and_environment_are_the_programs() {
 
 #[test]
 fn signals_reach_the_program_and_no_process_is_left() {
+    let _one = one_at_a_time();
     for_each_interpreter(|i| {
         let mut t = Launched::start(None, &i.path, &["grow", "10"]);
         // No wrapper: memsleuth run's pid is the program, with no children.
@@ -377,6 +389,7 @@ fn launch_dir_of(pid: u32, uid: u32) -> Option<PathBuf> {
 
 #[test]
 fn run_then_eval_and_exit_handler_cleans_up_on_every_interpreter() {
+    let _one = one_at_a_time();
     for_each_interpreter(|i| {
         let t = Launched::start(None, &i.path, &["grow", "10"]);
         let p = t.pid.to_string();
@@ -465,6 +478,7 @@ fn ends_within(pid: u32, secs: u64) -> bool {
 
 #[test]
 fn killing_the_parent_leaves_no_orphan() {
+    let _one = one_at_a_time();
     for_each_interpreter(|i| {
         let (mut sh, pid) = under_a_shell(&i.path, &[]);
         let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -507,6 +521,7 @@ fn killing_the_parent_leaves_no_orphan() {
 
 #[test]
 fn without_run_method_launch_says_what_to_do() {
+    let _one = one_at_a_time();
     let mut plain = Command::new("sleep").arg("30").spawn().unwrap();
     let r = memsleuth_as(
         None,
@@ -525,6 +540,7 @@ fn without_run_method_launch_says_what_to_do() {
 
 #[test]
 fn isolated_interpreters_are_refused_before_starting() {
+    let _one = one_at_a_time();
     for flags in [["-I"], ["-E"], ["-S"]] {
         let r = run(as_user(None, bin())
             .args(["run", "--", "/usr/bin/python3.11"])
@@ -537,4 +553,45 @@ fn isolated_interpreters_are_refused_before_starting() {
     }
     let r = run(as_user(None, bin()).args(["run", "--", "/nonexistent/python"]));
     assert_eq!(r.code, 127, "{}", r.stderr);
+}
+
+#[test]
+fn the_program_reads_its_own_proc_files_for_us_on_every_interpreter() {
+    let _one = one_at_a_time();
+    use memsleuth::inject::launch::relay::relay_for;
+    for_each_interpreter(|i| {
+        let t = Launched::start(None, &i.path, &["grow", "10"]);
+        let label = &i.label;
+        let relay = relay_for(t.pid).unwrap_or_else(|| panic!("[{label}] no relay"));
+        let maps = String::from_utf8(relay.read("maps").unwrap()).unwrap();
+        let exe = std::fs::read_link(format!("/proc/{}/exe", t.pid)).unwrap();
+        assert!(
+            maps.lines().any(|l| l.ends_with(&*exe.to_string_lossy()))
+                || maps.contains("libpython"),
+            "[{label}] {maps}"
+        );
+        let status = String::from_utf8(relay.read("status").unwrap()).unwrap();
+        assert!(
+            status.contains(&format!("\nPid:\t{}\n", t.pid)),
+            "[{label}] {status}"
+        );
+        assert_eq!(relay.read_link("exe").unwrap(), exe.to_string_lossy());
+        // Its fds as /proc shows them, less the relay's and the listener's.
+        let fds = relay.fds().unwrap();
+        for fd in [0, 1, 2] {
+            let mine = std::fs::read_link(format!("/proc/{}/fd/{fd}", t.pid)).unwrap();
+            assert!(
+                fds.contains(&(fd, mine.to_string_lossy().into_owned())),
+                "[{label}] {fds:?}"
+            );
+        }
+        let sockets = fds.iter().filter(|(_, l)| l.starts_with("socket:")).count();
+        assert_eq!(sockets, 0, "[{label}] {fds:?}");
+        // Only the listed files, one name at a time.
+        for bad in ["mem", "environ/../mem", "../../etc/passwd", "fd/0"] {
+            assert!(relay.read(bad).is_err(), "[{label}] {bad}");
+        }
+        // The same connection keeps serving.
+        assert!(relay.read("statm").is_ok(), "[{label}]");
+    });
 }
