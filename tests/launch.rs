@@ -595,3 +595,30 @@ fn the_program_reads_its_own_proc_files_for_us_on_every_interpreter() {
         assert!(relay.read("statm").is_ok(), "[{label}]");
     });
 }
+
+#[test]
+fn a_program_holding_the_gil_gets_one_sentence_within_the_timeout() {
+    let _one = one_at_a_time();
+    for_each_interpreter(|i| {
+        let t = Launched::start(None, &i.path, &["stuck"]);
+        let started = std::time::Instant::now();
+        let r = memsleuth_as(None, &["eval", &t.pid.to_string(), "1", "--timeout", "2"]);
+        let took = started.elapsed();
+        assert_eq!(r.code, 1, "[{}] {}", i.label, r.stdout);
+        assert!(
+            r.stderr.contains("holds the GIL"),
+            "[{}] {}",
+            i.label,
+            r.stderr
+        );
+        assert_eq!(
+            r.stderr.trim().lines().count(),
+            1,
+            "[{}] {}",
+            i.label,
+            r.stderr
+        );
+        assert!(took.as_secs() < 8, "[{}] took {took:?}", i.label);
+        assert!(Path::new(&format!("/proc/{}", t.pid)).exists());
+    });
+}

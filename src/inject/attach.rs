@@ -304,7 +304,10 @@ fn attach_launched(
     ));
     // The listener runs the bootstrap before it answers: the connection
     // to our socket is queued by then.
-    drop(sock.run(code.as_bytes())?);
+    drop(sock.run(
+        code.as_bytes(),
+        opts.timeout.saturating_sub(started.elapsed()),
+    )?);
     let wait = opts
         .timeout
         .saturating_sub(started.elapsed())

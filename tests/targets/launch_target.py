@@ -11,6 +11,9 @@
         exits with STATUS.
     launch_target.py modules
         prints the sorted names in sys.modules, one a line.
+    launch_target.py stuck
+        prints "ready <pid>", then sleeps 60 s in C code holding the GIL
+        (libc sleep() through ctypes.PyDLL), so the listener cannot run.
 """
 from __future__ import print_function
 
@@ -77,6 +80,11 @@ def main():
         grow(int(args[1]) if len(args) > 1 else 1000)
     elif args[0] == "echo":
         echo(int(args[1]))
+    elif args[0] == "stuck":
+        import ctypes
+        print("ready %d" % os.getpid())
+        sys.stdout.flush()
+        ctypes.PyDLL(None).sleep(60)
     elif args[0] == "modules":
         for m in sorted(sys.modules):
             print(m)

@@ -33,8 +33,8 @@ pub const LISTENER_SOURCE: &str = include_str!("../../agent/launch/sitecustomize
 /// The /proc relay, sent over the socket.
 pub const RELAY_SOURCE: &str = include_str!("../../agent/launch/relay.py");
 
-/// How long the listener may take to run what we sent (it needs the GIL).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the listener may take to start the /proc relay.
+pub const RELAY_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -50,7 +50,7 @@ pub enum LaunchError {
         path: String,
         source: io::Error,
     },
-    #[error("the `memsleuth run` listener of process {pid} refused the connection: {why}")]
+    #[error("the `memsleuth run` listener of process {pid} {why}")]
     Refused { pid: u32, why: String },
 }
 
@@ -146,9 +146,10 @@ impl LaunchSocket {
         format!("{}/s", self.dir_in_target)
     }
 
-    /// Connects, sends the token and `code`, and waits for the listener to
-    /// have run it. Returns the connection (the code may keep serving it).
-    pub fn run(&self, code: &[u8]) -> Result<UnixStream, LaunchError> {
+    /// Connects, sends the token and `code`, and waits up to `timeout` for
+    /// the listener to have run it (it needs the GIL). Returns the
+    /// connection (the code may keep serving it).
+    pub fn run(&self, code: &[u8], timeout: Duration) -> Result<UnixStream, LaunchError> {
         let path = self.dir.join("s");
         let connect_err = |source| LaunchError::Connect {
             pid: self.pid,
@@ -158,11 +159,12 @@ impl LaunchSocket {
         let mut stream = UnixStream::connect(&path).map_err(connect_err)?;
         let io_err = |e: io::Error| LaunchError::Refused {
             pid: self.pid,
-            why: format!("the connection failed: {e}"),
+            why: format!("failed: {e}"),
         };
+        let timeout = timeout.max(Duration::from_millis(100));
         stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .and_then(|_| stream.set_write_timeout(Some(REPLY_TIMEOUT)))
+            .set_read_timeout(Some(timeout))
+            .and_then(|_| stream.set_write_timeout(Some(timeout)))
             .map_err(io_err)?;
         let mut msg = Vec::with_capacity(72 + code.len());
         msg.extend_from_slice(b"MSL1");
@@ -174,10 +176,11 @@ impl LaunchSocket {
         let why = match stream.read(&mut reply) {
             Ok(1) if reply[0] == b'K' => return Ok(stream),
             Ok(1) if reply[0] == b'T' => {
-                "wrong token (the token file changed: was the program restarted?)".to_string()
+                "refused our token (its token file changed: was the program restarted?); try again"
+                    .to_string()
             }
-            Ok(1) if reply[0] == b'E' => "the code we sent failed to run in it".to_string(),
-            Ok(_) => "it hung up: it accepts only its own user and root".to_string(),
+            Ok(1) if reply[0] == b'E' => "could not run the code we sent".to_string(),
+            Ok(_) => "hung up: it lets in only the program's own user and root".to_string(),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -185,11 +188,11 @@ impl LaunchSocket {
                 ) =>
             {
                 format!(
-                    "no answer within {} s (is the program stopped, or holding the GIL in C code?)",
-                    REPLY_TIMEOUT.as_secs()
+                    "did not answer within {:.1} s: the program is stopped or holds the GIL in C code; try again when it runs Python code, or raise --timeout",
+                    timeout.as_secs_f64()
                 )
             }
-            Err(e) => format!("the connection failed: {e}"),
+            Err(e) => format!("failed: {e}"),
         };
         Err(LaunchError::Refused { pid: self.pid, why })
     }

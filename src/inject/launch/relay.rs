@@ -21,7 +21,9 @@ pub struct LaunchRelay {
 /// The [`crate::process::relay::Provider`] for launched programs.
 pub fn relay_for(pid: u32) -> Option<Arc<dyn Relay>> {
     let sock = super::find(pid)?;
-    let stream = sock.run(super::RELAY_SOURCE.as_bytes()).ok()?;
+    let stream = sock
+        .run(super::RELAY_SOURCE.as_bytes(), super::RELAY_START_TIMEOUT)
+        .ok()?;
     stream.set_read_timeout(Some(READ_TIMEOUT)).ok()?;
     stream.set_write_timeout(Some(READ_TIMEOUT)).ok()?;
     Some(Arc::new(LaunchRelay {
