@@ -74,6 +74,7 @@ fn setpriv_works() -> bool {
 struct Launched {
     child: Child,
     pid: u32,
+    uid: u32,
 }
 
 impl Launched {
@@ -98,14 +99,31 @@ impl Launched {
             .unwrap_or_else(|| panic!("no ready line from {interp:?}: {line:?}"));
         // Keep draining, so that the program never blocks on a full pipe.
         std::thread::spawn(move || for _ in out.lines() {});
-        Launched { child, pid }
+        Launched {
+            child,
+            pid,
+            uid: uid.unwrap_or_else(euid),
+        }
     }
 }
 
 impl Drop for Launched {
     fn drop(&mut self) {
+        // Killed, its exit handler cannot clean up: the test does.
+        let dir = launch_dir_of(self.pid, self.uid);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = dir {
+            remove_launch_dir(&dir);
+        }
+    }
+}
+
+/// What a killed program leaves (the next `memsleuth run` would sweep it).
+fn remove_launch_dir(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    if let Some(base) = dir.parent() {
+        let _ = std::fs::remove_dir(base);
     }
 }
 
@@ -497,6 +515,7 @@ fn killing_the_parent_leaves_no_orphan() {
             "[{}] the program is the shell's child",
             i.label
         );
+        let dir = launch_dir_of(pid, euid()).expect("socket directory");
         sh.kill().unwrap();
         sh.wait().unwrap();
         assert!(
@@ -504,9 +523,11 @@ fn killing_the_parent_leaves_no_orphan() {
             "[{}] program {pid} outlived its parent",
             i.label
         );
+        remove_launch_dir(&dir);
 
         // --survive-parent: it keeps running, as a plain `python` would.
         let (mut sh, pid) = under_a_shell(&i.path, &["--survive-parent"]);
+        let dir = launch_dir_of(pid, euid()).expect("socket directory");
         sh.kill().unwrap();
         sh.wait().unwrap();
         assert!(
@@ -516,6 +537,7 @@ fn killing_the_parent_leaves_no_orphan() {
         );
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         assert!(ends_within(pid, 5), "[{}]", i.label);
+        remove_launch_dir(&dir);
     });
 }
 
