@@ -50,7 +50,7 @@ pub enum Command {
     Native(NativeArgs),
     /// Browse the live heap interactively: types, growth, instances and why they are alive.
     View(ViewArgs),
-    /// Start a program with a listener that lets memsleuth in without ptrace (`run -- python app.py`).
+    /// Start a program that memsleuth can reach without ptrace: `run -- python app.py`.
     Run(RunArgs),
 }
 
