@@ -24,6 +24,8 @@ fn main() -> ExitCode {
         Command::Tracemalloc(args) => commands::tracemalloc::run(&args),
         Command::Native(args) => commands::native::run(&args),
         Command::View(args) => commands::view::run(&args),
+        Command::Completions(args) => commands::completions::run(&args),
+        Command::Man => commands::completions::man(),
     };
     match result {
         Ok(code) => code,
