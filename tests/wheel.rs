@@ -11,7 +11,7 @@ use common::{memsleuth, run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const MAN_IN_DATA: &str = "packaging/data/share/man/man1/memsleuth.1";
+const MAN_IN_DATA: &str = "packaging/wheel/data/share/man/man1/memsleuth.1";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
