@@ -2,7 +2,8 @@
 //! session lacks are read from the target's `__main__`, while what the
 //! session assigns stays in the session and never reaches `__main__`.
 //! Tracebacks show only the user's code. Every interpreter; the target is
-//! tests/targets/main_names.py (`cache`, `LIMIT`, `counter`, `bump()`).
+//! tests/targets/main_names.py (`cache`, `LIMIT`, `counter`, `bump()`,
+//! `round`).
 
 mod common;
 
@@ -68,6 +69,15 @@ fn main_names(interp: &Interpreter) {
     assert_eq!(
         (r.code, r.stdout.as_str()),
         (0, "42\n"),
+        "[{label}] {}",
+        r.stderr
+    );
+
+    // __main__ comes before the builtins, as it would for its own code.
+    let r = cli(&["eval", pid, "(round, abs(-3))"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "('main round', 3)\n"),
         "[{label}] {}",
         r.stderr
     );

@@ -370,7 +370,11 @@ class _SessionNS(dict):
     stays here; a name it lacks is read from the target's __main__, live,
     at each read (3.x runs __missing__ for LOAD_NAME and for LOAD_GLOBAL
     when globals is not an exact dict; 2.7's LOAD_GLOBAL does not, see
-    _Agent.mirror_main). Nothing is ever written to __main__."""
+    _Agent.mirror_main). Nothing is ever written to __main__.
+
+    Builtins are answered here too, after __main__ (the order Python would
+    use): at module level LOAD_NAME asks this dict twice, as locals and as
+    globals, so a builtin in a loop would otherwise cost two calls."""
 
     __slots__ = ()
 
@@ -381,6 +385,9 @@ class _SessionNS(dict):
                 v = d.get(name, _NOT_FOUND)
                 if v is not _NOT_FOUND:
                     return v
+        v = _builtins.__dict__.get(name, _NOT_FOUND)
+        if v is not _NOT_FOUND:
+            return v
         raise KeyError(name)
 
 

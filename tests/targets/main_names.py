@@ -1,6 +1,6 @@
 """Names in __main__ for the shell to see: `cache` (five strings), `LIMIT`
-(7), `counter` (0) and bump(), which rebinds `counter` in __main__ and
-returns it. The main thread sleeps; nothing leaks. Prints "ready <pid>".
+(7), `counter` (0), bump(), which rebinds `counter` in __main__ and
+returns it, and `round`, which shadows the builtin of that name. The main thread sleeps; nothing leaks. Prints "ready <pid>".
 """
 from __future__ import print_function
 
@@ -9,6 +9,7 @@ import _target
 cache = ['item-%d' % i for i in range(5)]
 LIMIT = 7
 counter = 0
+round = 'main round'
 
 
 def bump():
