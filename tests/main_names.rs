@@ -11,6 +11,8 @@ use common::{Interpreter, Run, Target, for_each_interpreter, memsleuth, run, spa
 use memsleuth::agent::ExecMode;
 use memsleuth::agent::protocol::ExecResult;
 use memsleuth::inject::attach::{self, AttachOptions, Attached, MethodChoice};
+use std::io::Write;
+use std::process::Stdio;
 use std::time::Duration;
 
 fn cli(args: &[&str]) -> Run {
@@ -175,6 +177,32 @@ fn main_names(interp: &Interpreter) {
     a.detach()
         .unwrap_or_else(|e| panic!("[{label}] detach: {e}"));
 
+    // The same through `memsleuth shell` itself, its input piped.
+    let hist = tempfile::NamedTempFile::new().unwrap();
+    let mut child = memsleuth()
+        .args(["shell", pid, "--history"])
+        .arg(hist.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"y = 41\ny += 1\nprint('%s %s' % (len(cache), y))\nif y:\n    z = y + LIMIT\n\nz\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("\n5 42\n49\ndetached\n"),
+        "[{label}] shell: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The program's own view of __main__: the explicit write only.
     let state = t.report_state();
     let names: Vec<&str> = state["main_names"]
@@ -184,7 +212,7 @@ fn main_names(interp: &Interpreter) {
         .filter_map(|v| v.as_str())
         .collect();
     assert!(names.contains(&"written"), "[{label}] {names:?}");
-    for n in ["x", "size", "report", "f", "g", "h", "k"] {
+    for n in ["x", "y", "z", "size", "report", "f", "g", "h", "k"] {
         assert!(
             !names.contains(&n),
             "[{label}] `{n}` leaked into __main__: {names:?}"
