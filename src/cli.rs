@@ -2,10 +2,14 @@
 
 use clap::{Args, Parser, Subcommand};
 
+/// `0.1.0 (abc1234)`: the Cargo version and, when built from a git
+/// checkout, the commit (see build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("MEMSLEUTH_VERSION_SUFFIX"));
+
 #[derive(Debug, Parser)]
 #[command(
     name = "memsleuth",
-    version,
+    version = VERSION,
     about = "Find out why a running Python process keeps growing, without restarting it and without gdb.",
     propagate_version = true
 )]
@@ -52,6 +56,10 @@ pub enum Command {
     View(ViewArgs),
     /// Start a program that memsleuth can reach without ptrace: `run -- python app.py`.
     Run(RunArgs),
+    /// Print a shell completion script: `source <(memsleuth completions bash)`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `memsleuth man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +75,20 @@ pub struct RunArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]

@@ -27,6 +27,8 @@ fn main() -> ExitCode {
         Command::Native(args) => commands::native::run(&args),
         Command::View(args) => commands::view::run(&args),
         Command::Run(args) => commands::run::run(&args),
+        Command::Completions(args) => commands::completions::run(&args),
+        Command::Man => commands::completions::man(),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 //! Commands write through [`Out`] so that a closed pipe ends the command
 //! quietly instead of panicking inside `println!`.
 
+pub mod completions;
 pub mod demo;
 pub mod doctor;
 pub mod eval;
