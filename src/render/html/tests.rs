@@ -522,3 +522,13 @@ fn long_command_lines_are_cut_between_words_and_marked() {
     r.process.cmdline = "python3 app.py --scenario sysv-shm".into();
     assert!(crate::render::doctor::text(&r).contains("(python3 app.py --scenario sysv-shm)"));
 }
+
+#[test]
+fn doctor_header_with_a_long_command_line() {
+    let mut r = report(vec![objects("app.UserSession")], series(3), Vec::new());
+    r.process.cmdline = "/usr/bin/python3.11 -u /srv/app/demo/service.py --port 8080 --workers 4 \
+                         --scenario sysv-shm --rate 20"
+        .into();
+    let text = crate::render::doctor::text(&r);
+    insta::assert_snapshot!(text.lines().next().unwrap());
+}
