@@ -66,8 +66,9 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Whether the tests may become nobody (root, with setpriv).
 fn setpriv_works() -> bool {
-    Command::new("setpriv").arg("--version").output().is_ok()
+    euid() == 0 && Command::new("setpriv").arg("--version").output().is_ok()
 }
 
 /// A program started with `memsleuth run`, killed on drop.
@@ -154,6 +155,7 @@ fn unprivileged_interpreters() -> Vec<Interpreter> {
 fn nondumpable_program_as_nobody_eval_types_doctor() {
     let _one = one_at_a_time();
     if !setpriv_works() {
+        eprintln!("needs root and setpriv; skipping");
         return;
     }
     let interps = unprivileged_interpreters();
@@ -642,5 +644,86 @@ fn a_program_holding_the_gil_gets_one_sentence_within_the_timeout() {
         );
         assert!(took.as_secs() < 8, "[{}] took {took:?}", i.label);
         assert!(Path::new(&format!("/proc/{}", t.pid)).exists());
+    });
+}
+
+/// The modules a program sees: `launch_target.py modules`.
+fn modules(interp: &Path, launched: bool) -> std::collections::BTreeSet<String> {
+    let mut c = if launched {
+        let mut c = as_user(None, bin());
+        c.args(["run", "--"]).arg(interp);
+        c
+    } else {
+        as_user(None, &interp.to_string_lossy())
+    };
+    let r = run(c.arg(target_script()).arg("modules"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.stdout.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn the_listener_leaves_only_atexit_and_its_own_name_in_sys_modules() {
+    let _one = one_at_a_time();
+    for_each_interpreter(|i| {
+        let direct = modules(&i.path, false);
+        let launched = modules(&i.path, true);
+        let gone: Vec<_> = direct.difference(&launched).collect();
+        assert!(gone.is_empty(), "[{}] missing {gone:?}", i.label);
+        // `atexit` holds the exit handler that cleans up; `sitecustomize`
+        // is the listener's module when the program has none of its own.
+        let added: Vec<_> = launched
+            .difference(&direct)
+            .filter(|m| *m != "atexit" && *m != "sitecustomize")
+            .collect();
+        assert!(added.is_empty(), "[{}] added {added:?}", i.label);
+    });
+}
+
+#[test]
+fn the_programs_own_sitecustomize_and_pythonpath_still_apply() {
+    let _one = one_at_a_time();
+    let dir = tempfile::Builder::new()
+        .prefix("launch-site-test-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(
+        dir.path().join("sitecustomize.py"),
+        "import sys\nsys.stderr.write('own sitecustomize ran\\n')\n",
+    )
+    .unwrap();
+    let pythonpath = format!("{}:/nonexistent", dir.path().display());
+    for_each_interpreter(|i| {
+        let go = |launched: bool| {
+            let mut c = if launched {
+                let mut c = as_user(None, bin());
+                c.args(["run", "--"]).arg(&i.path);
+                c
+            } else {
+                as_user(None, &i.path.to_string_lossy())
+            };
+            let mut child = c
+                .env("PYTHONPATH", &pythonpath)
+                .arg(target_script())
+                .args(["echo", "0"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take();
+            let out = child.wait_with_output().unwrap();
+            (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+                out.status.code(),
+            )
+        };
+        let direct = go(false);
+        assert!(
+            direct.1.contains("own sitecustomize ran") && direct.0.contains("/nonexistent"),
+            "[{}] {direct:?}",
+            i.label
+        );
+        assert_eq!(go(true), direct, "[{}]", i.label);
     });
 }
