@@ -116,7 +116,8 @@ impl Exporter {
     }
 }
 
-/// GET over a plain TCP connection: (status, head, body).
+/// GET over a plain TCP connection: (status, head, body). HTTP/1.0, so
+/// that Prometheus answers without chunked encoding.
 fn http(addr: &str, path: &str, accept: Option<&str>) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -125,7 +126,7 @@ fn http(addr: &str, path: &str, accept: Option<&str>) -> Option<(u16, String, St
         .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut raw = Vec::new();
@@ -376,6 +377,36 @@ fn prometheus_sees_the_leakers_flagged_and_the_healthy_one_at_zero() {
     );
     assert!(value_of(&fds[0]) >= 10.0, "{fds:?}");
     assert!(!query(&prom, "memsleuth_build_info").is_empty());
+
+    // The shipped rules run in this Prometheus without errors, and the
+    // leak alert is pending (it fires after 5 minutes) for the fd leaker.
+    let alert = wait_for(
+        "PythonProcessLeaking pending for the fd leaker",
+        Duration::from_secs(20),
+        || {
+            let (_, _, body) = http(&prom, "/api/v1/alerts", None)?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            v["data"]["alerts"]
+                .as_array()?
+                .iter()
+                .find(|a| {
+                    a["labels"]["alertname"] == "PythonProcessLeaking"
+                        && a["labels"]["pid"] == fd.pid.to_string().as_str()
+                })
+                .cloned()
+        },
+    );
+    assert_eq!(alert["labels"]["kind"], "file-descriptors", "{alert}");
+    let (_, _, rules) = http(&prom, "/api/v1/rules", None).unwrap();
+    let rules: Value = serde_json::from_str(&rules).unwrap();
+    let mut n = 0;
+    for g in rules["data"]["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            n += 1;
+            assert_eq!(r["health"], "ok", "{r}");
+        }
+    }
+    assert!(n >= 4, "{rules}");
 
     // Prometheus negotiated OpenMetrics and had no trouble with it.
     let (_, _, targets) = http(&prom, "/api/v1/targets", None).unwrap();
