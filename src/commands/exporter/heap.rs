@@ -22,7 +22,7 @@
 //! fleets and big heaps simply get censuses less often).
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -130,8 +130,9 @@ impl Worker {
                 let m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
                 m.candidates.clone()
             };
-            self.state
-                .retain(|k, _| candidates.iter().any(|c| (c.pid, c.start_ticks) == *k));
+            let offered: HashSet<(u32, u64)> =
+                candidates.iter().map(|c| (c.pid, c.start_ticks)).collect();
+            self.state.retain(|k, _| offered.contains(k));
             let Some(c) = self.next(&candidates) else {
                 std::thread::sleep(Duration::from_millis(250));
                 continue;
