@@ -224,6 +224,12 @@ impl Worker {
                      (an object changed while it was read); the census was dropped"
                 ),
             ),
+            Ok(hc) if hc.collecting => (
+                "heap_torn",
+                "a garbage collection was running during the census (objects it was moving \
+                 were missed); the census was dropped"
+                    .to_string(),
+            ),
             Ok(mut hc) => {
                 hc.census.ids = None;
                 let gc_enabled = gc.as_ref().and_then(|g| g.enabled);
@@ -243,6 +249,11 @@ impl Worker {
                     gc_enabled,
                     garbage,
                 });
+            }
+            Err(_) if !std::path::Path::new(&format!("/proc/{}", c.pid)).exists() => {
+                // Exited during the census: the sampler says so on its next pass.
+                self.shared.error("process_exited");
+                return None;
             }
             Err(e) => ("heap_error", e.to_string()),
         };

@@ -259,7 +259,7 @@ pub fn families(procs: &[ProcessMetrics], me: &SelfMetrics) -> Vec<Family> {
     let mut errors = Family::new(
         "memsleuth_exporter_errors",
         Counter,
-        "Errors by reason: process_exited (a target ended while sampled), permission_denied, read_error, heap_unsupported (a census the heap reader cannot take), heap_error, heap_timeout, heap_torn (a census dropped: an object changed while read), http_*.",
+        "Errors by reason: process_exited (a target ended while sampled), permission_denied, read_error, heap_unsupported (a census the heap reader cannot take), heap_error, heap_timeout, heap_torn (a census dropped: an object changed while read, or a collection was running), http_*.",
     );
     for (reason, n) in &me.errors {
         errors.add(vec![("reason", reason.to_string())], *n as f64);
