@@ -85,7 +85,8 @@ impl Fleet {
     }
 
     /// Hands the census thread the processes watched now and files the
-    /// censuses it finished into their windows.
+    /// censuses it finished into their windows (at the start and the end of
+    /// every pass).
     fn exchange_heap(&mut self) {
         let Some(heap) = &self.heap else { return };
         let candidates = self
@@ -161,6 +162,9 @@ impl Fleet {
             .values()
             .filter(|(_, k)| matches!(k, Known::Unreadable { .. }))
             .count();
+        // Again at the end, so a process found in this pass gets its first
+        // census now rather than an interval later.
+        self.exchange_heap();
         (out, unreadable)
     }
 
