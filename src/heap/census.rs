@@ -57,8 +57,8 @@ struct DictRec {
     tracked: bool,
 }
 
-/// Most untracked objects followed (bounds memory on a hostile heap).
-const MAX_OBJECTS: usize = 1 << 30;
+/// Most untracked objects queued at once (bounds memory on a hostile heap).
+const MAX_OBJECTS: usize = 1 << 28;
 
 struct Counter<'a> {
     mem: Mem<'a>,
@@ -97,7 +97,7 @@ impl Counter<'_> {
             return;
         }
         let agg = if t.kind == Kind::OldInstance && !t.heap {
-            let cls = mem.u64(obj + 16).unwrap_or(0);
+            let cls = mem.ptr(obj + 16).unwrap_or(0);
             self.old.entry(cls).or_default()
         } else {
             let i = ti as usize;
@@ -126,7 +126,7 @@ impl Counter<'_> {
             (owned_dict(mem, it, t, obj), t.addr)
         } else {
             match t.kind {
-                Kind::Module => (mem.u64(obj + 16), t.addr),
+                Kind::Module => (mem.ptr(obj + 16), t.addr),
                 // A class whose metaclass traverses it as `type` does
                 // (tp_dict first): not when the metaclass is a heap type.
                 Kind::Type if !t.heap => {
@@ -134,12 +134,12 @@ impl Counter<'_> {
                         .u64(obj + super::layout::tp::FLAGS)
                         .is_some_and(|f| f & super::layout::flags::HEAPTYPE != 0);
                     if heap {
-                        (mem.u64(obj + super::layout::tp::DICT), t.addr)
+                        (mem.ptr(obj + super::layout::tp::DICT), t.addr)
                     } else {
                         (None, 0)
                     }
                 }
-                Kind::OldInstance if !t.heap => (mem.u64(obj + 24), mem.u64(obj + 16).unwrap_or(0)),
+                Kind::OldInstance if !t.heap => (mem.ptr(obj + 24), mem.ptr(obj + 16).unwrap_or(0)),
                 _ => (None, 0),
             }
         };
@@ -167,11 +167,19 @@ impl Counter<'_> {
                 continue;
             }
             // (An address that is no object stays in `seen`: it never
-            // becomes one.)
-            if self.seen.insert(p) {
-                let Some(pi) = plausible(&self.mem, self.it, &mut self.types, p, scanned) else {
-                    continue;
-                };
+            // becomes one. A scanned word is checked first: the stricter
+            // test may reject what a decoded reference would count.)
+            let pi = if scanned {
+                match plausible(&self.mem, self.it, &mut self.types, p, true) {
+                    Some(pi) if self.seen.insert(p) => Some(pi),
+                    _ => continue,
+                }
+            } else if self.seen.insert(p) {
+                plausible(&self.mem, self.it, &mut self.types, p, false)
+            } else {
+                continue;
+            };
+            if let Some(pi) = pi {
                 if self.stack.len() >= MAX_OBJECTS {
                     self.skipped += 1;
                     continue;

@@ -9,6 +9,18 @@ use super::space::AddressSpace;
 /// cannot make a walk unbounded.
 pub const MAX_ITEMS: u64 = 1 << 28;
 
+/// Addresses at or above this are not user-space addresses on x86_64 (47
+/// bits; 56 with 5-level paging): rejected, so offsets added to them never
+/// overflow.
+pub const MAX_ADDR: u64 = 1 << 56;
+
+/// Whether `p` can be an object's address: not NULL, 8-aligned, past the
+/// zero page and in user space.
+#[inline]
+pub fn valid_ptr(p: u64) -> bool {
+    (4096..MAX_ADDR).contains(&p) && p.is_multiple_of(8)
+}
+
 #[derive(Clone, Copy)]
 pub struct Mem<'a> {
     pub space: &'a dyn AddressSpace,
@@ -26,6 +38,14 @@ impl<'a> Mem<'a> {
         }
         let mut b = [0u8; 8];
         self.space.read(addr, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
+    /// A pointer field: the word at `addr` when it can be an address in
+    /// the target (NULL included), so that adding a field offset to it
+    /// cannot overflow. Larger values read as unreadable.
+    #[inline]
+    pub fn ptr(&self, addr: u64) -> Option<u64> {
+        self.u64(addr).filter(|p| *p < MAX_ADDR)
     }
 
     #[inline]

@@ -26,6 +26,8 @@ pub mod copied;
 pub mod dicts;
 pub mod error;
 pub mod gcstate;
+#[cfg(test)]
+mod hostile;
 pub mod layout;
 pub mod mem;
 pub mod names;

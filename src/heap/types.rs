@@ -72,6 +72,8 @@ pub enum Special {
     Deque,
     /// `_io.Buffered*`: `__sizeof__` adds `buffer_size`.
     Buffered,
+    /// `_struct.Struct`: `__sizeof__` adds its format codes.
+    Struct,
 }
 
 impl TypeInfo {
@@ -140,7 +142,7 @@ impl Types {
     }
 
     fn validate(&mut self, mem: &Mem, it: &Interpreter, addr: u64, depth: u32) -> Option<TypeInfo> {
-        if addr == 0 || !addr.is_multiple_of(8) {
+        if !super::mem::valid_ptr(addr) {
             return None;
         }
         let mut raw = [0u8; tp::READ];
@@ -197,6 +199,7 @@ impl Types {
                     "_io.BufferedReader" | "_io.BufferedWriter" | "_io.BufferedRandom" => {
                         Special::Buffered
                     }
+                    "_struct.Struct" | "Struct" => Special::Struct,
                     _ => Special::None,
                 };
             }
@@ -207,7 +210,7 @@ impl Types {
             }
             let tf = mem.u64(t + tp::FLAGS)?;
             if tf & flags::HEAPTYPE != 0 {
-                let members = mem.u64(t + tp::MEMBERS).unwrap_or(0);
+                let members = mem.ptr(t + tp::MEMBERS).unwrap_or(0);
                 collect_slots(mem, members, &mut slots);
             } else if !found_static {
                 found_static = true;
@@ -217,7 +220,7 @@ impl Types {
             if kind != Kind::Other && found_static && !heap {
                 break;
             }
-            t = mem.u64(t + tp::BASE)?;
+            t = mem.ptr(t + tp::BASE)?;
         }
         let mut pre = 0;
         if fl & flags::HAVE_GC != 0 {
@@ -232,7 +235,7 @@ impl Types {
             && basicsize == lay.plain_basicsize
             && plain_mro(mem, it, word(&raw, tp::MRO as usize));
         let cached_keys = match lay.ht_cached_keys {
-            Some(off) if heap => mem.u64(addr + off).unwrap_or(0),
+            Some(off) if heap => mem.ptr(addr + off).unwrap_or(0),
             _ => 0,
         };
         Some(TypeInfo {
@@ -308,7 +311,7 @@ fn builtin_kind(b: &super::roots::Builtins, t: u64) -> Option<Kind> {
 /// `PyMemberDef` (40 bytes: name, type, offset, flags, doc) entries of
 /// type `T_OBJECT_EX` (16), until the NULL name.
 fn collect_slots(mem: &Mem, members: u64, out: &mut Vec<u32>) {
-    if members == 0 || !members.is_multiple_of(8) {
+    if !super::mem::valid_ptr(members) {
         return;
     }
     for i in 0..256u64 {
@@ -329,6 +332,9 @@ fn collect_slots(mem: &Mem, members: u64, out: &mut Vec<u32>) {
 /// The agent's plain-class test on the MRO tuple: ends with `object`,
 /// everything before it a heap type.
 fn plain_mro(mem: &Mem, it: &Interpreter, mro: u64) -> bool {
+    if !super::mem::valid_ptr(mro) {
+        return false;
+    }
     let Some(n) = mem.u64(mro + 16) else {
         return false;
     };

@@ -8,8 +8,13 @@ use super::mem::Mem;
 use super::roots::Interpreter;
 use super::types::Types;
 
-/// Most nodes walked in all (a torn list cannot make a walk unbounded).
-pub const MAX_NODES: u64 = 1 << 31;
+/// Most nodes walked in all (a torn list cannot make a walk unbounded;
+/// 2 GiB of addresses at most).
+pub const MAX_NODES: u64 = 1 << 28;
+
+/// Invalid nodes in a row after which the rest of a list is given up (it
+/// has left the heap: torn or garbage).
+const MAX_BAD_RUN: u64 = 64;
 
 #[derive(Debug, Default)]
 pub struct Walked {
@@ -76,6 +81,7 @@ fn walk_list(
     let mut tortoise = head;
     let mut power = 1u64;
     let mut lam = 0u64;
+    let mut bad_run = 0u64;
     while n != head {
         if *budget == 0 {
             out.warnings
@@ -83,7 +89,7 @@ fn walk_list(
             return;
         }
         *budget -= 1;
-        if n == 0 || n % 8 != 0 {
+        if !super::mem::valid_ptr(n) {
             out.skipped += 1;
             out.warnings.push(format!(
                 "a generation list is broken at {n:#x}; the rest of it was skipped"
@@ -96,6 +102,7 @@ fn walk_list(
             .and_then(|ty| types.get(mem, it, ty))
             .is_some();
         if valid {
+            bad_run = 0;
             if perm {
                 out.permanent.push(obj);
             } else {
@@ -103,6 +110,13 @@ fn walk_list(
             }
         } else {
             out.skipped += 1;
+            bad_run += 1;
+            if bad_run >= MAX_BAD_RUN {
+                out.warnings.push(format!(
+                    "a generation list runs into memory that holds no objects at {n:#x}; the rest of it was skipped"
+                ));
+                return;
+            }
         }
         let Some(next) = mem.u64(n).map(|v| v & !3) else {
             out.skipped += 1;
