@@ -118,9 +118,7 @@ impl ReadError {
             )
         )
     }
-}
 
-impl ReadError {
     /// The kernel refused to let us read or pause the process (another
     /// user, a non-dumpable process): a way in that does not need that
     /// (a program started with `memsleuth run` lets the agent in through
@@ -136,9 +134,7 @@ impl ReadError {
             _ => false,
         }
     }
-}
 
-impl ReadError {
     /// No interpreter was found from outside (not Python, or its binary
     /// could not be read).
     pub fn not_found(&self) -> bool {
