@@ -117,7 +117,10 @@ pub struct Keys311 {
 }
 
 pub fn keys_311(mem: &Mem, keys: u64) -> Option<Keys311> {
-    let raw = mem.bytes(keys, 32)?;
+    let mut raw = [0u8; 32];
+    if !mem.fill(keys, &mut raw) {
+        return None;
+    }
     let log2_size = raw[8];
     let log2_index_bytes = raw[9];
     let kind = raw[10];

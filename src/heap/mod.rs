@@ -36,6 +36,7 @@ pub mod roots;
 pub mod sizes;
 pub mod strs;
 pub mod types;
+pub mod visited;
 pub mod walk;
 
 pub use census::{CensusOptions, HeapCensus, census};

@@ -237,13 +237,8 @@ fn offset_dict(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
 
 /// 3.11/3.12 values: as many as the cached keys have entries.
 fn split_values(mem: &Mem, it: &Interpreter, t: &TypeInfo, v: u64, f: &mut Sink) {
-    let n = if t.cached_keys != 0 {
-        dicts::keys_311(mem, t.cached_keys).map_or(0, |k| k.nentries)
-    } else {
-        0
-    };
     let _ = it;
-    mem.words(v, n, &mut |p| f(p, false));
+    mem.words(v, t.cached_entries, &mut |p| f(p, false));
 }
 
 /// Where the `__dict__` pointer of `obj` sits (`tp_dictoffset`, negative:

@@ -58,6 +58,9 @@ pub struct TypeInfo {
     /// depends on the object (see sizes).
     pub pre: u64,
     pub cached_keys: u64,
+    /// 3.11/3.12: entries of `cached_keys` (how many split values an
+    /// instance has), read once.
+    pub cached_entries: u64,
     pub tp_members: u64,
     /// A builtin with its own `__sizeof__` or item storage, by name.
     pub special: Special,
@@ -82,14 +85,31 @@ impl TypeInfo {
     }
 }
 
+/// Slots of the direct-mapped cache in front of the index.
+const FAST: usize = 512;
+
 /// The cache of validated types.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Types {
+    /// (type address, index) by address bits; address 0 = empty.
+    fast: Box<[(u64, u32)]>,
     index: IdMap<u32>,
     pub infos: Vec<TypeInfo>,
     /// Addresses found not to be types.
     bad: IdMap<()>,
     last: Option<(u64, u32)>,
+}
+
+impl Default for Types {
+    fn default() -> Types {
+        Types {
+            fast: vec![(0, 0); FAST].into_boxed_slice(),
+            index: IdMap::default(),
+            infos: Vec::new(),
+            bad: IdMap::default(),
+            last: None,
+        }
+    }
 }
 
 impl Types {
@@ -105,8 +125,15 @@ impl Types {
         {
             return Some(i);
         }
+        let slot = (addr >> 4) as usize % FAST;
+        let (a, i) = self.fast[slot];
+        if a == addr && a != 0 {
+            self.last = Some((addr, i));
+            return Some(i);
+        }
         if let Some(&i) = self.index.get(&addr) {
             self.last = Some((addr, i));
+            self.fast[slot] = (addr, i);
             return Some(i);
         }
         if self.bad.contains_key(&addr) {
@@ -238,6 +265,11 @@ impl Types {
             Some(off) if heap => mem.ptr(addr + off).unwrap_or(0),
             _ => 0,
         };
+        let cached_entries = if cached_keys != 0 && lay.dict == super::layout::DictLayout::Py311 {
+            super::dicts::keys_311(mem, cached_keys).map_or(0, |k| k.nentries)
+        } else {
+            0
+        };
         Some(TypeInfo {
             addr,
             meta,
@@ -253,6 +285,7 @@ impl Types {
             heap,
             pre,
             cached_keys,
+            cached_entries,
             tp_members: word(&raw, tp::MEMBERS as usize),
             special,
         })
