@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::error::HeapError;
-use super::mem::Mem;
+use super::mem::{MAX_ITEMS, Mem};
 use super::names::Names;
 use super::referents::{decode, owned_dict, plausible};
 use super::roots::Interpreter;
@@ -73,7 +73,10 @@ struct Counter<'a> {
     owners: IdMap<u64>,
     keep_ids: bool,
     stack: Vec<(u64, u32)>,
-    found: Vec<(u64, bool)>,
+    /// Referents of the object being followed: aligned addresses, bit 0
+    /// set for scanned words (at most `MAX_ITEMS`: bounded like the
+    /// target's own largest container).
+    found: Vec<u64>,
     skipped: u64,
 }
 
@@ -161,11 +164,20 @@ impl Counter<'_> {
         }
         let mut found = std::mem::take(&mut self.found);
         found.clear();
-        decode(&self.mem, self.it, t, obj, &mut |p, s| found.push((p, s)));
-        for &(p, scanned) in &found {
-            if p == 0 || p % 8 != 0 {
-                continue;
+        let mut over = 0u64;
+        decode(&self.mem, self.it, t, obj, &mut |p, s| {
+            if p == 0 || !p.is_multiple_of(8) {
+                return;
             }
+            if found.len() as u64 >= MAX_ITEMS {
+                over += 1;
+                return;
+            }
+            found.push(p | u64::from(s));
+        });
+        self.skipped += over;
+        for &w in &found {
+            let (p, scanned) = (w & !1, w & 1 != 0);
             // (An address that is no object stays in `seen`: it never
             // becomes one. A scanned word is checked first: the stricter
             // test may reject what a decoded reference would count.)
@@ -287,10 +299,16 @@ pub fn census(
         }
     }
     drop(listed_seen);
+    let left_out = c.skipped;
     c.skipped += walker.skipped;
     let walk_s = started.elapsed().as_secs_f64();
     let mut warnings = interp.warnings.clone();
     warnings.extend(walker.finish());
+    if left_out > 0 {
+        warnings.push(format!(
+            "{left_out} references in oversized containers were not followed (a corrupt heap, or a container of more than {MAX_ITEMS} items)"
+        ));
+    }
     if dup > 0 {
         warnings.push(format!(
             "{dup} objects sat on two generation lists (counted once)"
