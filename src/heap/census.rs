@@ -378,23 +378,28 @@ fn finish(c: &mut Counter, opts: &CensusOptions, listed: u64, frozen: u64, walk_
         add(&mut rows, &mut ids, RowKind::Type, *cls, n, agg);
     }
     let dict_tid = it.builtins.dict;
+    // Dicts by owner first (one row update per owner, not per dict).
+    let mut by_owner: IdMap<Agg> = IdMap::default();
+    let mut plain = Agg::default();
     for d in std::mem::take(&mut c.dicts) {
-        let (kind, tid) = match c.owners.get(&d.id) {
-            Some(&o) if !opts.keep_ids || d.id >> 63 == 0 => (RowKind::DictOf, o),
-            _ => (RowKind::Type, dict_tid),
+        let agg = match c.owners.get(&d.id) {
+            Some(&o) if !opts.keep_ids || d.id >> 63 == 0 => by_owner.entry(o).or_default(),
+            _ => &mut plain,
         };
-        let n = names.of(&c.mem, it, tid);
-        let mut agg = Agg {
-            tracked: u64::from(d.tracked),
-            untracked: u64::from(!d.tracked),
-            size: d.size,
-            ids: if opts.keep_ids {
-                vec![d.id]
-            } else {
-                Vec::new()
-            },
-        };
-        add(&mut rows, &mut ids, kind, tid, n, &mut agg);
+        agg.tracked += u64::from(d.tracked);
+        agg.untracked += u64::from(!d.tracked);
+        agg.size = agg.size.saturating_add(d.size);
+        if opts.keep_ids {
+            agg.ids.push(d.id);
+        }
+    }
+    for (tid, agg) in by_owner.iter_mut() {
+        let n = names.of(&c.mem, it, *tid);
+        add(&mut rows, &mut ids, RowKind::DictOf, *tid, n, agg);
+    }
+    if plain.tracked + plain.untracked > 0 {
+        let n = names.of(&c.mem, it, dict_tid);
+        add(&mut rows, &mut ids, RowKind::Type, dict_tid, n, &mut plain);
     }
     let mut rows: Vec<TypeRow> = rows.into_values().collect();
     for r in &mut rows {
