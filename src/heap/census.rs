@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::error::HeapError;
-use super::mem::Mem;
+use super::mem::{MAX_ITEMS, Mem};
 use super::names::Names;
 use super::referents::{decode, owned_dict, plausible};
 use super::roots::Interpreter;
@@ -73,7 +73,10 @@ struct Counter<'a> {
     owners: IdMap<u64>,
     keep_ids: bool,
     stack: Vec<(u64, u32)>,
-    found: Vec<(u64, bool)>,
+    /// Referents of the object being followed: aligned addresses, bit 0
+    /// set for scanned words (at most `MAX_ITEMS`: bounded like the
+    /// target's own largest container).
+    found: Vec<u64>,
     skipped: u64,
 }
 
@@ -161,11 +164,20 @@ impl Counter<'_> {
         }
         let mut found = std::mem::take(&mut self.found);
         found.clear();
-        decode(&self.mem, self.it, t, obj, &mut |p, s| found.push((p, s)));
-        for &(p, scanned) in &found {
-            if p == 0 || p % 8 != 0 {
-                continue;
+        let mut over = 0u64;
+        decode(&self.mem, self.it, t, obj, &mut |p, s| {
+            if p == 0 || !p.is_multiple_of(8) {
+                return;
             }
+            if found.len() as u64 >= MAX_ITEMS {
+                over += 1;
+                return;
+            }
+            found.push(p | u64::from(s));
+        });
+        self.skipped += over;
+        for &w in &found {
+            let (p, scanned) = (w & !1, w & 1 != 0);
             // (An address that is no object stays in `seen`: it never
             // becomes one. A scanned word is checked first: the stricter
             // test may reject what a decoded reference would count.)
@@ -287,10 +299,16 @@ pub fn census(
         }
     }
     drop(listed_seen);
+    let left_out = c.skipped;
     c.skipped += walker.skipped;
     let walk_s = started.elapsed().as_secs_f64();
     let mut warnings = interp.warnings.clone();
     warnings.extend(walker.finish());
+    if left_out > 0 {
+        warnings.push(format!(
+            "{left_out} references in oversized containers were not followed (a corrupt heap, or a container of more than {MAX_ITEMS} items)"
+        ));
+    }
     if dup > 0 {
         warnings.push(format!(
             "{dup} objects sat on two generation lists (counted once)"
@@ -360,23 +378,28 @@ fn finish(c: &mut Counter, opts: &CensusOptions, listed: u64, frozen: u64, walk_
         add(&mut rows, &mut ids, RowKind::Type, *cls, n, agg);
     }
     let dict_tid = it.builtins.dict;
+    // Dicts by owner first (one row update per owner, not per dict).
+    let mut by_owner: IdMap<Agg> = IdMap::default();
+    let mut plain = Agg::default();
     for d in std::mem::take(&mut c.dicts) {
-        let (kind, tid) = match c.owners.get(&d.id) {
-            Some(&o) if !opts.keep_ids || d.id >> 63 == 0 => (RowKind::DictOf, o),
-            _ => (RowKind::Type, dict_tid),
+        let agg = match c.owners.get(&d.id) {
+            Some(&o) if !opts.keep_ids || d.id >> 63 == 0 => by_owner.entry(o).or_default(),
+            _ => &mut plain,
         };
-        let n = names.of(&c.mem, it, tid);
-        let mut agg = Agg {
-            tracked: u64::from(d.tracked),
-            untracked: u64::from(!d.tracked),
-            size: d.size,
-            ids: if opts.keep_ids {
-                vec![d.id]
-            } else {
-                Vec::new()
-            },
-        };
-        add(&mut rows, &mut ids, kind, tid, n, &mut agg);
+        agg.tracked += u64::from(d.tracked);
+        agg.untracked += u64::from(!d.tracked);
+        agg.size = agg.size.saturating_add(d.size);
+        if opts.keep_ids {
+            agg.ids.push(d.id);
+        }
+    }
+    for (tid, agg) in by_owner.iter_mut() {
+        let n = names.of(&c.mem, it, *tid);
+        add(&mut rows, &mut ids, RowKind::DictOf, *tid, n, agg);
+    }
+    if plain.tracked + plain.untracked > 0 {
+        let n = names.of(&c.mem, it, dict_tid);
+        add(&mut rows, &mut ids, RowKind::Type, dict_tid, n, &mut plain);
     }
     let mut rows: Vec<TypeRow> = rows.into_values().collect();
     for r in &mut rows {

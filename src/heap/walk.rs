@@ -165,6 +165,7 @@ impl Walker {
                 l.lam = 0;
             }
             l.n = next;
+            mem.prefetch(next);
         }
         match ti {
             Some(ty) => {
