@@ -59,6 +59,9 @@ struct DictRec {
 
 /// Most untracked objects queued at once (bounds memory on a hostile heap).
 const MAX_OBJECTS: usize = 1 << 28;
+/// No object is bigger than this (64 GiB): a larger size was read from
+/// memory that changed or is corrupt.
+const MAX_OBJECT_BYTES: u64 = 1 << 36;
 
 struct Counter<'a> {
     mem: Mem<'a>,
@@ -78,6 +81,8 @@ struct Counter<'a> {
     /// target's own largest container).
     found: Vec<u64>,
     skipped: u64,
+    /// Objects left out for an impossible size.
+    implausible: u64,
 }
 
 impl Counter<'_> {
@@ -86,6 +91,12 @@ impl Counter<'_> {
         let it = self.it;
         let t = self.types.info(ti);
         let size = getsizeof(mem, it, t, obj);
+        if size > MAX_OBJECT_BYTES {
+            // A size no object can have: memory torn under a read without
+            // pausing (freed and reused), or corrupt. Left out, counted.
+            self.implausible += 1;
+            return;
+        }
         let key = if self.keep_ids {
             id_key(mem, t.kind, obj)
         } else {
@@ -271,6 +282,7 @@ pub fn census(
         stack: Vec::new(),
         found: Vec::new(),
         skipped: 0,
+        implausible: 0,
     };
     // Each object as the walk finds it, while its memory is in the cache:
     // counted, then (unless gc-only) what it holds that the collector does
@@ -308,6 +320,13 @@ pub fn census(
         warnings.push(format!(
             "{left_out} references in oversized containers were not followed (a corrupt heap, or a container of more than {MAX_ITEMS} items)"
         ));
+    }
+    if c.implausible > 0 {
+        warnings.push(format!(
+            "{} objects with an impossible size (over 64 GiB) were left out (memory changed under the read, or is corrupt)",
+            c.implausible
+        ));
+        c.skipped += c.implausible;
     }
     if dup > 0 {
         warnings.push(format!(
