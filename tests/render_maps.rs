@@ -2,7 +2,7 @@
 //! attached 5 times by Debian's python3.11; see tests/fixtures/maps/README).
 
 use memsleuth::analysis::groups;
-use memsleuth::commands::maps::grouped_view;
+use memsleuth::analysis::mapview::grouped_view;
 use memsleuth::process::{maps, sysvipc};
 use memsleuth::render::maps as render;
 
@@ -17,7 +17,7 @@ fn fixture() -> (Vec<maps::Mapping>, Vec<sysvipc::Segment>) {
 fn grouped_view_of_a_reattached_segment() {
     let (maps, segs) = fixture();
     let view = grouped_view(15004, &maps, &segs);
-    let totals = render::Totals {
+    let totals = memsleuth::analysis::mapview::Totals {
         mappings: view.totals.mappings,
         size: view.totals.size,
         rss: view.totals.rss,

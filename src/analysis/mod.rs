@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod gcstate;
 pub mod groups;
 pub mod mapdiff;
+pub mod mapview;
 pub mod refgraph;
 pub mod tracemalloc;
 pub mod watch;

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::{CmdResult, Out};
-use crate::analysis::groups::{self, Backing, Group};
+use crate::analysis::groups;
 use crate::analysis::mapdiff::{self, GroupChange};
+pub use crate::analysis::mapview::{GroupedMaps, Totals, grouped_view};
 use crate::cli::MapsArgs;
-use crate::process::maps::{Mapping, MemStats};
+use crate::process::maps::Mapping;
 use crate::process::{Process, sysvipc};
 use crate::render::maps as render;
 use crate::render::units::{bytes_delta_short, bytes_short, delta};
@@ -36,71 +37,6 @@ pub fn run(args: &MapsArgs) -> CmdResult {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The grouped view of one smaps read (the `maps --json` document).
-#[derive(Debug, Serialize)]
-pub struct GroupedMaps {
-    pub schema: u32,
-    pub pid: u32,
-    pub totals: Totals,
-    pub groups: Vec<Group>,
-    pub repeated: Vec<Repeated>,
-}
-
-pub use crate::render::maps::Totals;
-
-/// Sums of the smaps figures over all mappings.
-fn totals_of(maps: &[Mapping]) -> Totals {
-    let mut sum = MemStats::default();
-    for m in maps {
-        sum.add(&m.stats);
-    }
-    Totals {
-        mappings: maps.len(),
-        size: sum.size,
-        rss: sum.rss,
-        pss: sum.pss,
-        swap: sum.swap,
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct Repeated {
-    pub label: String,
-    pub backing: Backing,
-    /// How many separate times the object is mapped.
-    pub times: usize,
-    pub mappings: usize,
-    pub rss: u64,
-    pub object_size: u64,
-    pub message: String,
-}
-
-/// Groups a list of smaps mappings; SysV groups get their real segment size.
-pub fn grouped_view(pid: u32, maps: &[Mapping], segments: &[sysvipc::Segment]) -> GroupedMaps {
-    let mut groups = groups::group(maps);
-    groups::attach_sysv_sizes(&mut groups, segments);
-    let repeated = groups
-        .iter()
-        .filter(|g| g.is_repeated())
-        .map(|g| Repeated {
-            label: g.label.clone(),
-            backing: g.backing.clone(),
-            times: g.instances,
-            mappings: g.mappings,
-            rss: g.rss,
-            object_size: g.object_size.unwrap_or(g.object_extent),
-            message: g.repeat_message(),
-        })
-        .collect();
-    GroupedMaps {
-        schema: 1,
-        pid,
-        totals: totals_of(maps),
-        groups,
-        repeated,
-    }
 }
 
 /// Reads smaps and groups it.

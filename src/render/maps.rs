@@ -3,22 +3,13 @@
 
 use crate::analysis::groups::{Backing, Group};
 use crate::analysis::mapdiff::GroupChange;
+use crate::analysis::mapview::Totals;
 use crate::process::maps::{Mapping, MemStats};
 use crate::render::table::Table;
 use crate::render::units::{bytes_delta_short, bytes_short, delta};
 
 /// Groups shown by default; repeated mappings are always shown.
 pub const DEFAULT_LIMIT: usize = 30;
-
-/// Sums over all mappings (also the `totals` of `maps --json`).
-#[derive(Debug, Default, serde::Serialize)]
-pub struct Totals {
-    pub mappings: usize,
-    pub size: u64,
-    pub rss: u64,
-    pub pss: u64,
-    pub swap: u64,
-}
 
 /// The grouped table, totals and the repeated-mapping flags.
 pub fn grouped(header: &str, groups: &[Group], totals: &Totals, all: bool) -> String {

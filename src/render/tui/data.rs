@@ -229,7 +229,7 @@ pub struct MapsView {
 }
 
 impl MapsView {
-    pub fn from_grouped(g: &crate::commands::maps::GroupedMaps) -> MapsView {
+    pub fn from_grouped(g: &crate::analysis::mapview::GroupedMaps) -> MapsView {
         MapsView {
             mappings: g.totals.mappings,
             size: g.totals.size,
