@@ -158,6 +158,88 @@ fn expect_first(t: &Target, d: &Doc, kind: &str) {
         t.name,
         d.explain()
     );
+    check_rates(t, d);
+}
+
+/// RSS grows at least this fast for the rates to be checked...
+const BAND_MIN_SLOPE: f64 = 100.0 * 1024.0;
+/// ...and the findings' rate sum must be within this band of it.
+const BAND: (f64, f64) = (0.67, 1.5);
+
+/// Robust slope of `pts`: the median of the pairwise slopes (Theil–Sen),
+/// so the target's step when doctor's closing reads allocate in it does not
+/// pass for growth.
+fn robust_slope(pts: &[(f64, f64)]) -> Option<f64> {
+    if pts.len() < 3 {
+        return None;
+    }
+    let mut slopes = Vec::new();
+    for (i, a) in pts.iter().enumerate() {
+        for b in &pts[i + 1..] {
+            if b.0 - a.0 > 1e-6 {
+                slopes.push((b.1 - a.1) / (b.0 - a.0));
+            }
+        }
+    }
+    slopes.sort_by(f64::total_cmp);
+    slopes.get(slopes.len() / 2).copied()
+}
+
+/// The findings' rate sum against the RSS slope over the second half of
+/// the window, computed here from the report's /proc series (not taken
+/// from doctor): printed for every leak scenario, and held to BAND when
+/// RSS grows steadily (both quarters of the second half at least half the
+/// slope) by at least BAND_MIN_SLOPE.
+fn check_rates(t: &Target, d: &Doc) {
+    let who = format!("[{}] {}", t.interp_label, t.name);
+    let series = &d.json["series"];
+    let ts: Vec<f64> = series["t"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let rss: Vec<f64> = series["rss"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let pts: Vec<(f64, f64)> = ts.iter().copied().zip(rss.iter().copied()).collect();
+    let Some(&(end, _)) = pts.last() else {
+        panic!("{who}: no /proc series: {}", d.explain());
+    };
+    let part = |a: f64, b: f64| -> Vec<(f64, f64)> {
+        pts.iter()
+            .copied()
+            .filter(|p| p.0 >= end * a && p.0 <= end * b)
+            .collect()
+    };
+    let slope = robust_slope(&part(0.5, 1.0)).unwrap_or(0.0);
+    let q3 = robust_slope(&part(0.5, 0.75)).unwrap_or(0.0);
+    let q4 = robust_slope(&part(0.75, 1.0)).unwrap_or(0.0);
+    let steady = slope >= BAND_MIN_SLOPE && q3 >= slope / 2.0 && q4 >= slope / 2.0;
+    let sum: f64 = d.json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["informational"] == false)
+        .map(|f| f["rate_bytes_per_s"].as_f64().unwrap_or(0.0).max(0.0))
+        .sum();
+    let ratio = if slope > 0.0 { sum / slope } else { f64::NAN };
+    eprintln!(
+        "RATIO {who}: findings {:.0} B/s / RSS slope {:.0} B/s (2nd half, Theil–Sen) = {ratio:.2}; \
+         steady {steady}; doctor's slope {} B/s, census mode {}, kinds {:?}",
+        sum,
+        slope,
+        d.json["process"]["rss_slope_bytes_per_s"],
+        d.json["python"]["census_mode"],
+        d.kinds()
+    );
+    if steady {
+        assert!(
+            ratio >= BAND.0 && ratio <= BAND.1,
+            "{who}: the findings' rates add up to {sum:.0} B/s against an RSS slope of \
+             {slope:.0} B/s (ratio {ratio:.2}, outside {BAND:?}): {}",
+            d.explain()
+        );
+    }
 }
 
 fn expect_no_leak(t: &Target, d: &Doc) {
@@ -264,6 +346,27 @@ fn python_objects_main_sleeping() {
 #[test]
 fn python_objects_main_in_event_wait() {
     python_objects("event");
+}
+
+#[test]
+fn python_objects_exception_retention() {
+    // Every failed request's exc_info is kept: each traceback pins a frame
+    // with a 16 KiB local buffer. The rate must be the payload's, not the
+    // tracebacks' shallow size.
+    for_each_interpreter(|i| {
+        let Some(t) = spawn(i, "exception_retention", &[]) else {
+            return;
+        };
+        let d = doctor(&t, &["--duration", "20s"]);
+        expect_first(&t, &d, "python-objects");
+        let types = names(&d.first()["evidence"]["types"]);
+        assert!(
+            types.iter().any(|n| n.ends_with("RequestFailed")),
+            "[{}] types {types:?}: {}",
+            i.label,
+            d.explain()
+        );
+    });
 }
 
 #[test]

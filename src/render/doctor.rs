@@ -146,11 +146,20 @@ fn evidence(out: &mut String, f: &Finding) {
                     g.doing
                 ));
             }
-            if e.rss_bytes > 0 {
-                out.push_str(&format!(
-                    "{ind}their stacks and arenas: ~{} of RSS\n",
+            match &e.stacks {
+                Some(st) if e.rss_source == "stacks" => out.push_str(&format!(
+                    "{ind}their stacks: {} resident (+{} over the window) of {} reserved, in {} \
+                     stacks\n",
+                    units::bytes(st.rss),
+                    units::bytes(e.rss_bytes),
+                    units::bytes(st.size),
+                    num(u64::from(st.stacks))
+                )),
+                _ if e.rss_bytes > 0 => out.push_str(&format!(
+                    "{ind}their stacks and arenas: ~{} of RSS (estimated: smaps unreadable)\n",
                     units::bytes(e.rss_bytes)
-                ));
+                )),
+                _ => {}
             }
         }
         Evidence::Fds(e) => {
@@ -215,14 +224,39 @@ pub fn text(r: &Report) -> String {
         units::bytes(p.rss_bytes_start),
         units::bytes(p.rss_bytes_end)
     ));
-    if r.verdict == Verdict::Leak {
-        out.push_str(&format!(", growing {}", units::rate(p.growth_bytes_per_s)));
-        if let Some(d) = p.doubling_s {
+    match p.rss_slope_bytes_per_s {
+        Some(slope) if slope > 0.0 && (r.verdict == Verdict::Leak || slope >= 1024.0) => {
             out.push_str(&format!(
-                ": at this rate it doubles in {}",
-                units::duration(d)
+                "; growing {} (measured{})",
+                units::rate(slope),
+                p.rss_slope_window_s
+                    .map(|[a, b]| format!(" over {:.1}–{:.1} s", a, b))
+                    .unwrap_or_default()
             ));
+            if let Some(d) = p.doubling_s {
+                out.push_str(&format!(": it doubles in {}", units::duration(d)));
+            }
+            if r.verdict == Verdict::Leak {
+                out.push_str(&format!(
+                    "\nThe findings explain {} of it ({:.0}%)",
+                    units::rate(p.growth_bytes_per_s),
+                    p.explained_share.unwrap_or(0.0) * 100.0
+                ));
+            }
         }
+        _ if r.verdict == Verdict::Leak => {
+            out.push_str(&format!(
+                ", findings add {}",
+                units::rate(p.growth_bytes_per_s)
+            ));
+            if let Some(d) = p.doubling_s {
+                out.push_str(&format!(
+                    ": at this rate it doubles in {}",
+                    units::duration(d)
+                ));
+            }
+        }
+        _ => {}
     }
     out.push('\n');
 

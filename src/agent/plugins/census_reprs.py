@@ -5,11 +5,14 @@
 # Appended to agent.py and run in the same namespace, so every global here is
 # prefixed `_census_`. Stdlib only, one source for 2.7 and 3.6-3.15.
 #
-# Op `census_reprs` {ids: [[id, type id or [type ids]], ...], cap, gc_only}:
+# Op `census_reprs` {ids: [[id, type id or [type ids]], ...], cap, gc_only,
+# payload}:
 # short reprs of the objects with those ids, found by scanning
 # gc.get_objects() (and, unless gc_only, their untracked referents); never
 # by casting an id to a pointer. An object whose type id is not one of the
-# expected ones (the id was reused) is reported as gone.
+# expected ones (the id was reused) is reported as gone. With `payload`,
+# each found object also gets the bytes of the untracked objects only it
+# holds (doctor estimates what gc-only censuses miss from them).
 
 def _census_repr_config(reprlib, maxstring, maxother, level, items):
     r = reprlib.Repr()
@@ -50,6 +53,40 @@ def _census_short_repr(o, cap, reprlib):
     if len(s) > cap:
         s = s[:max(cap - 3, 0)] + '...'
     return s
+
+
+def _census_payloads(found, cap=20000):
+    """{id: bytes} of the untracked objects (str, bytes, bytearray, int,
+    untracked tuples and what they hold) each found object refers to that
+    no other found object reaches: what a census of gc-tracked objects
+    misses. Shared ones (interned keys, small ints, None) are reached from
+    several samples and are not counted. Bounded to `cap` per object."""
+    reached = {}
+    owners = {}
+    for key, o in found.items():
+        mine = {}
+        todo = [r for r in gc.get_referents(o) if not gc.is_tracked(r)]
+        while todo and len(mine) < cap:
+            r = todo.pop()
+            if id(r) in mine or issubclass(type(r), type):
+                continue
+            mine[id(r)] = r
+            if type(r) is tuple:
+                todo.extend(gc.get_referents(r))
+        for rid in mine:
+            owners[rid] = owners.get(rid, 0) + 1
+        reached[key] = mine
+    out = {}
+    for key, mine in reached.items():
+        total = 0
+        for rid, r in mine.items():
+            if owners.get(rid) == 1:
+                try:
+                    total += sys.getsizeof(r)
+                except Exception:
+                    pass
+        out[key] = total
+    return out
 
 
 def _census_reprs_op(agent, req):
@@ -95,13 +132,15 @@ def _census_reprs_op(agent, req):
             time.sleep(0)  # let the application's threads run
             seg = _clock()
     objs = None
+    payload = _census_payloads(found) if req.get('payload') else {}
     out = []
     for i, tid in want.items():
         o = found.get(i)
         if o is None:
             out.append({'id': i, 'found': False, 'repr': None})
             continue
-        out.append({'id': i, 'found': True, 'repr': _census_short_repr(o, cap, reprlib)})
+        out.append({'id': i, 'found': True, 'repr': _census_short_repr(o, cap, reprlib),
+                    'payload': payload.get(i)})
     found = None
     max_hold = max(max_hold, _clock() - seg)
     return {'reprs': out, 'scanned': scanned, 'max_hold_s': max_hold,

@@ -24,7 +24,9 @@
 //!    `allocator-retention` (informational).
 //!
 //! Findings are ranked by `rate_bytes_per_s`: the memory each makes the
-//! process grow by, per second.
+//! process grow by, per second. The headline sets their sum against the RSS
+//! slope measured over the steady part of the window ([`rates`]): how much
+//! of the growth the findings explain.
 
 use serde::Serialize;
 
@@ -38,6 +40,7 @@ use crate::render::why::WhyReport;
 
 mod evidence;
 mod objects;
+pub mod rates;
 pub mod report;
 mod resources;
 #[cfg(test)]
@@ -46,7 +49,7 @@ mod verdict;
 
 pub use evidence::*;
 pub use objects::why_candidate;
-pub use verdict::{doubling_s, headline};
+pub use verdict::{doubling_s, explained_rate, headline};
 
 /// A type must gain this many objects to be called growing.
 pub const MIN_TYPE_OBJECTS: u64 = 20;
@@ -203,6 +206,19 @@ pub struct PythonSide {
     pub allocator: Option<AllocatorState>,
     /// Retainer paths of the top growing type's new instances.
     pub why: Option<WhyReport>,
+    /// With gc-only censuses: the untracked payload of sampled new
+    /// instances, by type.
+    pub payload: Vec<Payload>,
+}
+
+/// Untracked bytes (str, bytes, int, ... a gc-only census does not count)
+/// that sampled new instances of a growing type hold alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct Payload {
+    pub type_name: String,
+    /// Mean over the samples, bytes per instance.
+    pub per_object: f64,
+    pub sampled: usize,
 }
 
 /// A part of the investigation that did not run, and why.
@@ -227,6 +243,9 @@ pub struct Observation {
     /// not list threads).
     pub comm_first: Vec<String>,
     pub comm_last: Vec<String>,
+    /// Thread stacks read from smaps over the window (empty when smaps
+    /// could not be read: then a thread is charged THREAD_ALLOWANCE).
+    pub stacks: Vec<rates::StackSample>,
 }
 
 /// The outcome.
@@ -241,6 +260,8 @@ pub struct Diagnosis {
     pub notes: Vec<String>,
     /// The classifier's raw signals.
     pub signals: Vec<Signal>,
+    /// RSS growth measured over the steady part of the window.
+    pub rss_slope: Option<rates::RssSlope>,
 }
 
 /// Seconds → "4.0 s" for sentences.
@@ -280,12 +301,14 @@ pub fn diagnose(obs: &Observation) -> Diagnosis {
         findings.push(f);
     }
     let verdict = verdict::verdict(obs, &signals, &findings, &mut notes);
-    let headline = verdict::headline(obs, verdict, &findings);
+    let rss_slope = rates::rss_slope(obs);
+    let headline = verdict::headline(obs, verdict, &findings, rss_slope.as_ref());
     Diagnosis {
         verdict,
         headline,
         findings,
         notes,
         signals,
+        rss_slope,
     }
 }

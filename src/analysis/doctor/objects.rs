@@ -2,7 +2,9 @@
 //! handles, and the garbage, collector and live-object findings.
 
 use super::evidence::*;
-use super::{Finding, Kind, MIN_GARBAGE, MIN_OBJECT_BYTES, MIN_TYPE_OBJECTS, PythonSide, secs};
+use super::{
+    Finding, Kind, MIN_GARBAGE, MIN_OBJECT_BYTES, MIN_TYPE_OBJECTS, Payload, PythonSide, secs,
+};
 use crate::analysis::census::{GrowthRow, growth_score, retention};
 use crate::analysis::classify::trend;
 use crate::analysis::refgraph::PathStatus;
@@ -33,7 +35,7 @@ const MIN_CONSISTENCY: f64 = 0.5;
 /// list, dict or bytearray that keeps getting bigger).
 const MIN_TYPE_BYTES_ONLY: u64 = 64 * 1024;
 
-fn growth_of(row: &GrowthRow, times: &[f64]) -> Option<TypeGrowth> {
+fn growth_of(row: &GrowthRow, times: &[f64], payload: Option<&Payload>) -> Option<TypeGrowth> {
     let n = times.len().min(row.counts.len()).min(row.sizes.len());
     if n < 2 {
         return None;
@@ -79,6 +81,10 @@ fn growth_of(row: &GrowthRow, times: &[f64]) -> Option<TypeGrowth> {
             .iter()
             .filter_map(|o| o.repr.clone())
             .collect(),
+        payload_bytes_delta: payload.map_or(0, |p| {
+            (count_delta.max(0) as f64 * p.per_object.max(0.0)).min(i64::MAX as f64) as i64
+        }),
+        payload_sampled: payload.map_or(0, |p| p.sampled),
     })
 }
 
@@ -100,7 +106,13 @@ impl Ledger {
         let mut growing: Vec<Growing> = py
             .rows
             .iter()
-            .filter_map(|r| growth_of(r, &times))
+            .filter_map(|r| {
+                // Complete censuses counted the payload themselves.
+                let p = (py.gc_only)
+                    .then(|| py.payload.iter().find(|p| p.type_name == r.name))
+                    .flatten();
+                growth_of(r, &times, p)
+            })
             .map(|g| Growing { g, taken: false })
             .collect();
         growing.sort_by_key(|t| std::cmp::Reverse(t.g.bytes_delta));
@@ -153,7 +165,7 @@ impl Ledger {
     }
 
     pub fn rate(&self, types: &[TypeGrowth]) -> f64 {
-        let bytes: i64 = types.iter().map(|t| t.bytes_delta.max(0)).sum();
+        let bytes: i64 = types.iter().map(TypeGrowth::total_bytes_delta).sum();
         if self.span > 0.0 {
             bytes as f64 / self.span
         } else {

@@ -1,5 +1,6 @@
 //! The verdict and the one-line headline.
 
+use super::rates::RssSlope;
 use super::{Finding, Observation, Verdict, secs};
 use crate::analysis::classify::{Signal, trend};
 use crate::render::units;
@@ -65,7 +66,40 @@ fn span(obs: &Observation) -> f64 {
     }
 }
 
-pub fn headline(obs: &Observation, verdict: Verdict, findings: &[Finding]) -> String {
+/// Sum of the leak findings' rates.
+pub fn explained_rate(findings: &[Finding]) -> f64 {
+    findings
+        .iter()
+        .filter(|f| !f.informational)
+        .map(|f| f.rate_bytes_per_s.max(0.0))
+        .filter(|r| r.is_finite())
+        .sum()
+}
+
+/// "RSS grows +1.8 MiB/s (doubles in 21 s); the findings explain 95% of
+/// it", when RSS measurably grows.
+fn growth_clause(obs: &Observation, findings: &[Finding], slope: Option<&RssSlope>) -> String {
+    let Some(s) = slope.filter(|s| s.bytes_per_s > 0.0 && s.bytes_per_s.is_finite()) else {
+        return String::new();
+    };
+    let rss = obs.samples.last().map_or(0, |x| x.status.vm_rss);
+    let doubles = doubling_s(rss, s.bytes_per_s)
+        .map(|d| format!(" (doubles in {})", units::duration(d)))
+        .unwrap_or_default();
+    let share = explained_rate(findings) / s.bytes_per_s;
+    format!(
+        ". RSS grows {}{doubles}; the findings explain {:.0}% of it",
+        units::rate(s.bytes_per_s),
+        share * 100.0
+    )
+}
+
+pub fn headline(
+    obs: &Observation,
+    verdict: Verdict,
+    findings: &[Finding],
+    slope: Option<&RssSlope>,
+) -> String {
     let leaks: Vec<&Finding> = findings.iter().filter(|f| !f.informational).collect();
     match verdict {
         Verdict::Leak => {
@@ -75,7 +109,8 @@ pub fn headline(obs: &Observation, verdict: Verdict, findings: &[Finding]) -> St
                 2 => " (and 1 more finding)".into(),
                 n => format!(" (and {} more findings)", n - 1),
             };
-            format!("Leak: {first}{more}")
+            let growth = growth_clause(obs, findings, slope);
+            format!("Leak: {first}{more}{growth}")
         }
         Verdict::NoLeak => {
             let rss = match (obs.samples.first(), obs.samples.last()) {

@@ -12,6 +12,7 @@ use crate::analysis::doctor::{self, Observation};
 use crate::cli::{AttachArgs, DoctorArgs};
 
 pub mod observe;
+mod payload;
 mod progress;
 mod session;
 
@@ -38,6 +39,9 @@ fn process_report(obs: &Observation, pid: u32) -> ProcessReport {
         fds_end: last.and_then(|s| s.fd_count),
         growth_bytes_per_s: 0.0,
         doubling_s: None,
+        rss_slope_bytes_per_s: None,
+        rss_slope_window_s: None,
+        explained_share: None,
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::progress::Progress;
+use crate::analysis::doctor::rates::{StackSample, thread_stacks};
 use crate::analysis::doctor::{Observation, Skipped};
 use crate::analysis::gcstate::CollectRaw;
 use crate::process::Process;
@@ -89,15 +90,22 @@ fn fd_targets(proc: &Process) -> Vec<(String, u64)> {
     v
 }
 
-/// The sampler: runs until `stop`, pushing samples and drawing progress.
+/// Thread stacks are read from smaps this often (a page-table walk like
+/// smaps_rollup's, so not at every sample).
+const STACKS_EVERY: Duration = Duration::from_secs(1);
+
+/// The sampler: runs until `stop`, pushing samples (and thread-stack
+/// readings) and drawing progress.
 fn sampler(
     proc: Process,
     t0: Instant,
     end: Instant,
     samples: Arc<Mutex<Vec<Sample>>>,
+    stacks: Arc<Mutex<Vec<StackSample>>>,
     stop: Arc<AtomicBool>,
     mut progress: Progress,
 ) {
+    let mut next_stacks = Instant::now();
     let want = Want {
         rollup: true,
         maps: true,
@@ -116,6 +124,15 @@ fn sampler(
                     progress.draw(now.saturating_duration_since(t0), rss);
                 }
                 Err(_) => break, // the process is gone
+            }
+            if now >= next_stacks || now >= end {
+                let t = t0.elapsed().as_secs_f64();
+                if let Ok(maps) = proc.smaps()
+                    && let Ok(mut v) = stacks.lock()
+                {
+                    v.push(thread_stacks(&maps, t));
+                }
+                next_stacks = now + STACKS_EVERY;
             }
             next += SAMPLE_EVERY;
             if now >= end {
@@ -142,6 +159,7 @@ pub fn observe(
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(settings.duration);
     let samples = Arc::new(Mutex::new(Vec::new()));
+    let stacks = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let censuses_done = Arc::new(AtomicUsize::new(0));
     let progress = Progress::new(
@@ -152,10 +170,11 @@ pub fn observe(
     let comm_first = comm_names(pid);
     let handle = {
         let (samples, stop) = (Arc::clone(&samples), Arc::clone(&stop));
+        let stacks = Arc::clone(&stacks);
         let proc = Process::unchecked(pid);
         std::thread::Builder::new()
             .name("memsleuth-sampler".into())
-            .spawn(move || sampler(proc, t0, end, samples, stop, progress))?
+            .spawn(move || sampler(proc, t0, end, samples, stacks, stop, progress))?
     };
 
     let mut obs = Observation {
@@ -213,6 +232,7 @@ pub fn observe(
     stop.store(true, Ordering::Relaxed);
     let _ = handle.join();
     obs.samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    obs.stacks = std::mem::take(&mut *stacks.lock().unwrap_or_else(|e| e.into_inner()));
     obs.segments = crate::process::sysvipc::read();
     obs.fd_targets = fd_targets(&proc);
     obs.comm_first = comm_first;

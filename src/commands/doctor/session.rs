@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::observe::{
-    COMPLETE_FACTOR, Extras, GARBAGE_SCAN, GC_EVERY, GIL_SHARE, MAX_CENSUSES, REPR_TYPES,
-    REPRS_PER_TYPE, Settings, WHY_DEPTH, WHY_SAMPLES, wait_until,
+    COMPLETE_FACTOR, Extras, GARBAGE_SCAN, GC_EVERY, GIL_SHARE, MAX_CENSUSES, Settings, WHY_DEPTH,
+    WHY_SAMPLES, wait_until,
 };
 use crate::agent::{Session, SessionError};
 use crate::analysis::census::{Census, CensusBuilder, growth_rows};
@@ -20,7 +20,6 @@ use crate::analysis::doctor::{
 };
 use crate::analysis::gcstate::{GcBasics, GcStateRaw};
 use crate::commands::gc::call;
-use crate::commands::growth::{file_new_objects, new_object_requests, reprs};
 use crate::commands::types::{CensusRequest, take_census};
 use crate::commands::why::collect as why_collect;
 use crate::inject::attach::Attached;
@@ -279,19 +278,25 @@ pub(super) fn watch(
     let py_last_listed = censuses.last().map_or(0, |c| c.stats.listed);
     let refs: Vec<&Census> = censuses.iter().collect();
     let mut rows = growth_rows(&refs);
-    // Reprs of new objects of the top steady growers.
+    // Reprs of new objects of the top steady growers, and (gc-only
+    // censuses) the untracked payload they hold.
     if let (Some(first), Some(last)) = (censuses.first(), censuses.last())
         && censuses.len() >= 2
     {
-        let (wanted, owner) = new_object_requests(&rows, first, last, REPR_TYPES, REPRS_PER_TYPE);
-        let (found, _) = if room(s, over) >= cost {
-            booked(s, &mut extras.gil_parts, "reprs", |s| {
-                reprs(s, &wanted, req.gc_only)
-            })?
-        } else {
-            (Vec::new(), 0.0)
-        };
-        file_new_objects(&mut rows, &wanted, &owner, found);
+        if room(s, over) >= cost {
+            py.payload = booked(s, &mut extras.gil_parts, "reprs", |s| {
+                super::payload::sample(s, &mut rows, first, last, req.gc_only)
+            })?;
+        } else if req.gc_only {
+            obs.skipped.push(Skipped {
+                part: "untracked payload of new objects".into(),
+                reason: format!(
+                    "sampling new objects would take the target past {:.0}% of the observation \
+                     in our code: the rates count the gc-tracked objects' own size only",
+                    GIL_SHARE * 100.0
+                ),
+            });
+        }
     }
     py.census_bytes = censuses.iter().map(|c| c.size).collect();
     py.census_times = times;

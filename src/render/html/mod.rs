@@ -117,8 +117,21 @@ fn header(out: &mut String, r: &Report) {
             units::bytes(p.rss_bytes_end)
         )),
     );
+    if let Some(slope) = p.rss_slope_bytes_per_s
+        && slope > 0.0
+    {
+        fact(out, "RSS slope (measured)", &esc(&units::rate(slope)));
+    }
     if r.verdict == Verdict::Leak || p.growth_bytes_per_s > 0.0 {
-        fact(out, "growth", &esc(&units::rate(p.growth_bytes_per_s)));
+        let share = p
+            .explained_share
+            .map(|x| format!(" ({:.0}% of the RSS slope)", x * 100.0))
+            .unwrap_or_default();
+        fact(
+            out,
+            "findings explain",
+            &esc(&format!("{}{share}", units::rate(p.growth_bytes_per_s))),
+        );
     }
     if let Some(d) = p.doubling_s {
         fact(out, "RSS doubles in", &esc(&units::duration(d)));
