@@ -50,6 +50,9 @@ struct Doc {
     json: Value,
     code: i32,
     stderr: String,
+    /// RSS grew steadily by at least BAND_MIN_SLOPE, so the findings' rates
+    /// were held to BAND (set by check_rates).
+    rates_checked: std::cell::Cell<bool>,
 }
 
 impl Doc {
@@ -105,6 +108,7 @@ fn doctor(t: &Target, extra: &[&str]) -> Doc {
         json,
         code: r.code,
         stderr: r.stderr,
+        rates_checked: std::cell::Cell::new(false),
     };
     check_common(t, &doc);
     doc
@@ -158,7 +162,21 @@ fn expect_first(t: &Target, d: &Doc, kind: &str) {
         t.name,
         d.explain()
     );
-    check_rates(t, d);
+    d.rates_checked.set(check_rates(t, d));
+}
+
+/// For the scenarios issue 11's figures are about: RSS must have grown
+/// steadily by at least BAND_MIN_SLOPE, so that the band was checked.
+fn expect_rates_checked(t: &Target, d: &Doc) {
+    assert!(
+        d.rates_checked.get(),
+        "[{}] {}: RSS did not grow steadily by {} KiB/s or more, so the rates could not be held \
+         to the band: {}",
+        t.interp_label,
+        t.name,
+        BAND_MIN_SLOPE / 1024.0,
+        d.explain()
+    );
 }
 
 /// RSS grows at least this fast for the rates to be checked...
@@ -189,8 +207,8 @@ fn robust_slope(pts: &[(f64, f64)]) -> Option<f64> {
 /// the window, computed here from the report's /proc series (not taken
 /// from doctor): printed for every leak scenario, and held to BAND when
 /// RSS grows steadily (both quarters of the second half at least half the
-/// slope) by at least BAND_MIN_SLOPE.
-fn check_rates(t: &Target, d: &Doc) {
+/// slope) by at least BAND_MIN_SLOPE. Returns whether it was held.
+fn check_rates(t: &Target, d: &Doc) -> bool {
     let who = format!("[{}] {}", t.interp_label, t.name);
     let series = &d.json["series"];
     let ts: Vec<f64> = series["t"]
@@ -240,6 +258,7 @@ fn check_rates(t: &Target, d: &Doc) {
             d.explain()
         );
     }
+    steady
 }
 
 fn expect_no_leak(t: &Target, d: &Doc) {
@@ -359,6 +378,7 @@ fn python_objects_exception_retention() {
         };
         let d = doctor(&t, &["--duration", "20s"]);
         expect_first(&t, &d, "python-objects");
+        expect_rates_checked(&t, &d);
         let types = names(&d.first()["evidence"]["types"]);
         assert!(
             types.iter().any(|n| n.ends_with("RequestFailed")),
@@ -372,13 +392,15 @@ fn python_objects_exception_retention() {
 #[test]
 fn uncollectable_garbage_saveall() {
     for_each_interpreter(|i| {
-        // 20 cycles per event (800 objects/s): growing garbage, on a heap
-        // whose censuses stay cheap.
-        let Some(t) = spawn(i, "gc_saveall", &["--cycles", "20"]) else {
+        // 60 cycles per event (2400 objects/s): garbage that grows RSS by
+        // more than 100 KiB/s on every version (so the rates are held to
+        // the band), on a heap whose censuses stay cheap.
+        let Some(t) = spawn(i, "gc_saveall", &["--cycles", "60"]) else {
             return;
         };
         let d = doctor(&t, &[]);
         expect_first(&t, &d, "uncollectable-garbage");
+        expect_rates_checked(&t, &d);
         let ev = &d.first()["evidence"];
         assert_eq!(ev["saveall"], true, "[{}] {}", i.label, d.explain());
         // Named from gc.garbage's own types, or (when that scan did not fit
@@ -426,6 +448,7 @@ fn gc_disabled() {
         };
         let d = doctor(&t, &[]);
         expect_first(&t, &d, "gc-disabled");
+        expect_rates_checked(&t, &d);
         let ev = &d.first()["evidence"];
         assert!(
             names(&ev["growing"]).iter().any(|n| n.ends_with("Pair")),
@@ -523,6 +546,7 @@ fn threads() {
         };
         let d = doctor(&t, &[]);
         expect_first(&t, &d, "threads");
+        expect_rates_checked(&t, &d);
         let g = &d.first()["evidence"]["new_threads"][0];
         assert_eq!(
             g["function"],

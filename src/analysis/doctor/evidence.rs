@@ -34,14 +34,19 @@ pub struct TypeGrowth {
     pub payload_bytes_delta: i64,
     /// New instances the payload was measured on.
     pub payload_sampled: usize,
+    /// Storage the new instances own that getsizeof does not count (3.11+:
+    /// managed dict values), count_delta times the sampled mean.
+    pub hidden_bytes_delta: i64,
+    /// What all of it (bytes_delta + payload + hidden) takes as the
+    /// allocators hand it out (pymalloc blocks, malloc chunks): the figure
+    /// the finding's rate sums. An estimate (see `footprint`).
+    pub footprint_bytes_delta: i64,
 }
 
 impl TypeGrowth {
-    /// What the type's growth costs: its getsizeof bytes and the payload.
+    /// What the type's growth costs in memory: its footprint.
     pub fn total_bytes_delta(&self) -> i64 {
-        self.bytes_delta
-            .max(0)
-            .saturating_add(self.payload_bytes_delta.max(0))
+        self.footprint_bytes_delta.max(0)
     }
 }
 

@@ -34,11 +34,12 @@ use crate::analysis::allocator::{Mallinfo, PymallocStats};
 use crate::analysis::census::GrowthRow;
 use crate::analysis::classify::{self, Signal};
 use crate::analysis::gcstate::{GarbageScan, GcBasics};
+use crate::analysis::refgraph::report::WhyReport;
 use crate::process::sample::Sample;
 use crate::process::sysvipc::Segment;
-use crate::render::why::WhyReport;
 
 mod evidence;
+pub mod footprint;
 mod objects;
 pub mod rates;
 pub mod report;
@@ -206,18 +207,24 @@ pub struct PythonSide {
     pub allocator: Option<AllocatorState>,
     /// Retainer paths of the top growing type's new instances.
     pub why: Option<WhyReport>,
-    /// With gc-only censuses: the untracked payload of sampled new
-    /// instances, by type.
+    /// What sampled new instances hold, by type.
     pub payload: Vec<Payload>,
 }
 
-/// Untracked bytes (str, bytes, int, ... a gc-only census does not count)
-/// that sampled new instances of a growing type hold alone.
+/// What sampled new instances of a growing type hold that their own
+/// getsizeof does not count: untracked objects (str, bytes, int, ... a
+/// gc-only census does not count) they hold alone, and attribute values
+/// kept in managed dict storage (3.11+).
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct Payload {
     pub type_name: String,
-    /// Mean over the samples, bytes per instance.
+    /// Mean over the samples: getsizeof bytes of the untracked objects
+    /// held alone, per instance...
     pub per_object: f64,
+    /// ...and how many objects that is.
+    pub objects_per_object: f64,
+    /// Mean managed dict values per instance (None: not such a type).
+    pub managed_values: Option<f64>,
     pub sampled: usize,
 }
 

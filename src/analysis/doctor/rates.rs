@@ -118,30 +118,32 @@ pub struct StackSample {
 }
 
 /// Thread stacks in a mapping list (with smaps figures): anonymous
-/// read-write mappings right above an adjacent no-access guard of at most
-/// [`MAX_GUARD`] — how glibc (and musl) lay out a new thread's stack. The
-/// main thread's `[stack]` is not counted (it is not a new thread's), and a
-/// malloc arena's reserve lies above its heap, not below.
-pub fn thread_stacks(maps: &[Mapping], t: f64) -> StackSample {
+/// private read-write mappings that either hold a thread's stack pointer
+/// (`sps`: the new threads', from /proc/PID/task/TID/syscall) or lie right
+/// above an adjacent no-access guard of at most [`MAX_GUARD`] — how glibc
+/// (and musl) lay out a new thread's stack. Where the guard is an
+/// `madvise` guard region inside the mapping (newer glibc), the stacks of
+/// consecutive threads merge into one mapping: the stack pointers still
+/// find it. The main thread's `[stack]` is not counted (it is not a new
+/// thread's), and a malloc arena's reserve lies above its heap, not below.
+pub fn thread_stacks(maps: &[Mapping], sps: &[u64], t: f64) -> StackSample {
     let mut out = StackSample {
         t,
         ..Default::default()
     };
-    for w in maps.windows(2) {
-        let (guard, stack) = (&w[0], &w[1]);
-        if guard.end == stack.start
-            && guard.no_access()
-            && guard.is_anonymous()
-            && guard.size() <= MAX_GUARD
-            && stack.is_anonymous()
-            && stack.readable()
-            && stack.writable()
-            && !stack.executable()
-            && !stack.shared()
-        {
+    let stack_like = |m: &Mapping| {
+        m.is_anonymous() && m.readable() && m.writable() && !m.executable() && !m.shared()
+    };
+    for (i, m) in maps.iter().enumerate() {
+        let guarded = i > 0 && {
+            let g = &maps[i - 1];
+            g.end == m.start && g.no_access() && g.is_anonymous() && g.size() <= MAX_GUARD
+        };
+        let holds_sp = sps.iter().any(|&sp| sp >= m.start && sp < m.end);
+        if stack_like(m) && (guarded || holds_sp) {
             out.stacks += 1;
-            out.rss = out.rss.saturating_add(stack.stats.rss);
-            out.size = out.size.saturating_add(stack.size());
+            out.rss = out.rss.saturating_add(m.stats.rss);
+            out.size = out.size.saturating_add(m.size());
         }
     }
     out
@@ -203,10 +205,25 @@ mod tests {
             // The next arena's heap sits above a large reserve: not a stack.
             map(0x2400_0000, 0x2402_1000, b"rw-p", 100 << 10),
         ];
-        let s = thread_stacks(&maps, 1.5);
+        let s = thread_stacks(&maps, &[], 1.5);
         assert_eq!(s.stacks, 2);
         assert_eq!(s.rss, 36 << 10);
         assert_eq!(s.size, 16 << 20);
         assert_eq!(s.t, 1.5);
+    }
+
+    #[test]
+    fn merged_stacks_are_found_by_their_stack_pointers() {
+        // glibc with madvise guard regions: three 8 MiB stacks in one
+        // mapping, no PROT_NONE guard; an arena heap next to it.
+        let maps = vec![
+            map(0x1000_0000, 0x1180_0000, b"rw-p", 60 << 10),
+            map(0x2000_0000, 0x2002_1000, b"rw-p", 132 << 10),
+            map(0x2002_1000, 0x2400_0000, b"---p", 0),
+        ];
+        let sps = [0x107f_f000, 0x10ff_f000, 0x117f_f000];
+        let s = thread_stacks(&maps, &sps, 2.0);
+        assert_eq!((s.stacks, s.rss, s.size), (1, 60 << 10, 24 << 20));
+        assert_eq!(thread_stacks(&maps, &[], 2.0).stacks, 0);
     }
 }

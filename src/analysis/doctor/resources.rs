@@ -12,7 +12,7 @@ use super::{
 };
 use crate::analysis::classify::{self, Change, Signal, trend};
 use crate::analysis::groups::Backing;
-use crate::render::units;
+use crate::units;
 
 /// Standard-library modules whose objects stand for a thread.
 const THREAD_MODULES: &[&str] = &[

@@ -3,7 +3,7 @@
 use super::rates::RssSlope;
 use super::{Finding, Observation, Verdict, secs};
 use crate::analysis::classify::{Signal, trend};
-use crate::render::units;
+use crate::units;
 
 /// RSS rise tolerated when Python objects could not be compared.
 const UNCOMPARED_RSS_NOISE: u64 = 64 * 1024;
@@ -51,7 +51,7 @@ pub fn verdict(
         if let Some((c, _)) = trend::rising(&rss, UNCOMPARED_RSS_NOISE) {
             notes.push(format!(
                 "RSS kept rising ({}) while the Python heap could not be compared.",
-                crate::render::units::bytes_delta(c.delta)
+                crate::units::bytes_delta(c.delta)
             ));
             return Verdict::Inconclusive;
         }

@@ -130,7 +130,7 @@ fn sampler(
                 if let Ok(maps) = proc.smaps()
                     && let Ok(mut v) = stacks.lock()
                 {
-                    v.push(thread_stacks(&maps, t));
+                    v.push(thread_stacks(&maps, &stack_pointers(proc.pid), t));
                 }
                 next_stacks = now + STACKS_EVERY;
             }
@@ -142,6 +142,30 @@ fn sampler(
         std::thread::sleep(Duration::from_millis(20).min(next.saturating_duration_since(now)));
     }
     progress.clear();
+}
+
+/// Most threads whose stack pointer is read per smaps reading.
+const MAX_SP_THREADS: usize = 4096;
+
+/// The stack pointers of the process's threads but the main one, from
+/// /proc/PID/task/TID/syscall (threads on a CPU right now have none).
+fn stack_pointers(pid: u32) -> Vec<u64> {
+    use crate::inject::threads::Activity;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&tid| tid != pid)
+        .take(MAX_SP_THREADS)
+        .filter_map(|tid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+            match Activity::parse(&text) {
+                Activity::Syscall { sp, .. } | Activity::NotInSyscall { sp, .. } => Some(sp),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 pub(super) fn wait_until(at: Instant) {

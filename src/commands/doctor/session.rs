@@ -173,6 +173,10 @@ pub(super) fn watch(
         .status()
         .is_ok_and(|st| st.vm_rss >= crate::analysis::doctor::MIN_RETAINED);
     let reserve = 3.0 * gc_cost + 0.01 + if big { 0.03 } else { 0.0 };
+    // Sampling new objects for what they hold (the rates need it) scans
+    // the heap about as a census does: it may use the retainer walk's
+    // reserve (the walk is then skipped, and the report says so).
+    let sample_reserve = 3.0 * gc_cost;
     let room = |s: &Session, over: f64| budget - spent(s, over) - reserve;
     if room(s, over) >= (MAX_CENSUSES as f64) * COMPLETE_FACTOR * gc_cost {
         req.gc_only = false;
@@ -278,22 +282,24 @@ pub(super) fn watch(
     let py_last_listed = censuses.last().map_or(0, |c| c.stats.listed);
     let refs: Vec<&Census> = censuses.iter().collect();
     let mut rows = growth_rows(&refs);
-    // Reprs of new objects of the top steady growers, and (gc-only
-    // censuses) the untracked payload they hold.
+    // Reprs of new objects of the top steady growers, what they hold alone
+    // that gc-only censuses miss, and their managed dict values (3.11+).
     if let (Some(first), Some(last)) = (censuses.first(), censuses.last())
         && censuses.len() >= 2
     {
-        if room(s, over) >= cost {
+        if room(s, over) + sample_reserve >= cost {
             py.payload = booked(s, &mut extras.gil_parts, "reprs", |s| {
                 super::payload::sample(s, &mut rows, first, last, req.gc_only)
             })?;
-        } else if req.gc_only {
+        } else {
             obs.skipped.push(Skipped {
-                part: "untracked payload of new objects".into(),
+                part: "what new objects hold".into(),
                 reason: format!(
                     "sampling new objects would take the target past {:.0}% of the observation \
-                     in our code: the rates count the gc-tracked objects' own size only",
-                    GIL_SHARE * 100.0
+                     in our code: the rates are estimated from the {} objects' own sizes (rounded \
+                     as the allocator does), without what they hold alone",
+                    GIL_SHARE * 100.0,
+                    if req.gc_only { "gc-tracked" } else { "counted" }
                 ),
             });
         }

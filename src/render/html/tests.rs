@@ -28,6 +28,8 @@ fn tg(name: &str) -> TypeGrowth {
         samples: vec![format!("<{name} object at 0x7f> \"quoted\" & <b>bold</b>")],
         payload_bytes_delta: 0,
         payload_sampled: 0,
+        hidden_bytes_delta: 0,
+        footprint_bytes_delta: 8512,
     }
 }
 
