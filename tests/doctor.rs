@@ -636,11 +636,48 @@ fn without_the_agent_proc_facts_still_decide() {
         let Some(t) = spawn(i, "sysv_shm_reattach", &[]) else {
             return;
         };
-        let d = doctor(&t, &["--method", "pep768"]);
+        // --inject: the heap from the agent only (from outside it would
+        // still be read).
+        let d = doctor(&t, &["--method", "pep768", "--inject"]);
         expect_first(&t, &d, "shared-memory-mappings");
         assert!(d.json["python"].is_null(), "[{}] {}", i.label, d.explain());
         let skipped = d.json["skipped"].to_string();
         assert!(skipped.contains("3.14"), "[{}] {skipped}", i.label);
+    });
+}
+
+#[test]
+fn stuck_in_c_with_the_gil_held_its_heap_is_read_from_outside() {
+    // The main thread sleeps in C holding the GIL: the agent cannot get in,
+    // but the censuses and the collector come from the target's memory.
+    const HOLD: u64 = 20_000;
+    for_each_interpreter(|i| {
+        let hold = HOLD.to_string();
+        let Some(t) = spawn(i, "gil_stuck", &["--hold", &hold]) else {
+            return;
+        };
+        let d = doctor(&t, &["--timeout", "2"]);
+        let who = format!("[{}] {}", i.label, d.explain());
+        let py = &d.json["python"];
+        assert_eq!(py["source"], "memory", "{who}");
+        assert!(py["censuses"].as_u64().unwrap_or(0) >= 2, "{who}");
+        assert_eq!(py["gil_s"].as_f64(), Some(0.0), "{who}");
+        assert!(
+            py["outside"]["max_pause_s"].as_f64().unwrap_or(9.0) < 1.0,
+            "{who}"
+        );
+        let held = py["heap"]["largest"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "__main__.StuckPayload")
+            .unwrap_or_else(|| panic!("no StuckPayload among the largest types: {who}"));
+        assert_eq!(held["count"].as_u64(), Some(HOLD), "{who}");
+        assert!(d.json["skipped"].to_string().contains("GIL"), "{who}");
+        // The gc counters came from memory too where it holds them all.
+        if i.at_least(3, 7) {
+            assert!(py["gc_enabled"] == true, "{who}");
+        }
     });
 }
 

@@ -299,7 +299,52 @@ pub fn text(r: &Report) -> String {
         }
     }
     out.push('\n');
+    if let Some(h) = r.python.as_ref().and_then(|py| py.heap.as_ref()) {
+        let largest: Vec<String> = h
+            .largest
+            .iter()
+            .take(4)
+            .map(|t| format!("{} {}", t.name, units::bytes(t.bytes)))
+            .collect();
+        out.push_str(&format!(
+            "Heap at the last census: {} objects, {}; largest: {}\n",
+            thousands(h.objects.min(i64::MAX as u64) as i64),
+            units::bytes(h.bytes),
+            largest.join(", ")
+        ));
+    }
     match &r.python {
+        Some(py) if py.source == "memory" => {
+            let o = py.outside.clone().unwrap_or_default();
+            let agent = if py.attach_s > 0.0 {
+                format!(
+                    "; the agent ran the rest ({}), attached in {:.2} s ({})",
+                    agent_parts(py),
+                    py.attach_s,
+                    py.attach_method
+                )
+            } else {
+                "; no agent".to_string()
+            };
+            out.push_str(&format!(
+                "Cost to the target: {:.3} s in memsleuth's code with the GIL ({:.1}% of {:.1} s); \
+                 read from outside: {} complete {} and {} collector {} (threads paused {:.0} ms \
+                 in all, {:.0} ms at most){agent}\n",
+                py.gil_s,
+                py.gil_share * 100.0,
+                r.observed_s,
+                o.censuses,
+                if o.censuses == 1 {
+                    "census"
+                } else {
+                    "censuses"
+                },
+                o.gc_reads,
+                if o.gc_reads == 1 { "read" } else { "reads" },
+                o.paused_s * 1000.0,
+                o.max_pause_s * 1000.0,
+            ))
+        }
         Some(py) => out.push_str(&format!(
             "Cost to the target: {:.3} s in memsleuth's code with the GIL ({:.1}% of {:.1} s); \
              {} {} {}; attached in {:.2} s ({})\n",
@@ -323,4 +368,19 @@ pub fn text(r: &Report) -> String {
         None => out.push_str("Cost to the target: none (read from /proc only)\n"),
     }
     out
+}
+
+/// The parts the agent ran, for the cost line: "threads, retainer paths".
+fn agent_parts(py: &crate::analysis::doctor::report::PythonReport) -> String {
+    let parts: Vec<&str> = py
+        .gil_by_part
+        .iter()
+        .filter(|(k, v)| k.as_str() != "attach" && **v > 0.0)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if parts.is_empty() {
+        "nothing else".into()
+    } else {
+        parts.join(", ")
+    }
 }

@@ -209,6 +209,48 @@ pub struct PythonSide {
     pub why: Option<WhyReport>,
     /// What sampled new instances hold, by type.
     pub payload: Vec<Payload>,
+    /// The heap at the last census.
+    pub heap: Option<HeapTotals>,
+}
+
+/// The heap at one census: totals and the largest types by bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct HeapTotals {
+    pub objects: u64,
+    /// sys.getsizeof bytes.
+    pub bytes: u64,
+    /// Largest first, at most [`LARGEST_TYPES`].
+    pub largest: Vec<TypeTotal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct TypeTotal {
+    pub name: String,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// Types listed in [`HeapTotals::largest`].
+pub const LARGEST_TYPES: usize = 10;
+
+impl HeapTotals {
+    pub fn of(c: &crate::analysis::census::Census) -> HeapTotals {
+        let mut rows: Vec<&crate::analysis::census::TypeRow> = c.rows.iter().collect();
+        rows.sort_by(|a, b| b.size.cmp(&a.size).then(a.name.cmp(&b.name)));
+        HeapTotals {
+            objects: c.count,
+            bytes: c.size,
+            largest: rows
+                .into_iter()
+                .take(LARGEST_TYPES)
+                .map(|r| TypeTotal {
+                    name: r.name.clone(),
+                    count: r.count,
+                    bytes: r.size,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What sampled new instances of a growing type hold that their own

@@ -131,22 +131,31 @@ pub fn thread_stacks(maps: &[Mapping], sps: &[u64], t: f64) -> StackSample {
         t,
         ..Default::default()
     };
-    let stack_like = |m: &Mapping| {
-        m.is_anonymous() && m.readable() && m.writable() && !m.executable() && !m.shared()
-    };
     for (i, m) in maps.iter().enumerate() {
-        let guarded = i > 0 && {
-            let g = &maps[i - 1];
-            g.end == m.start && g.no_access() && g.is_anonymous() && g.size() <= MAX_GUARD
-        };
-        let holds_sp = sps.iter().any(|&sp| sp >= m.start && sp < m.end);
-        if stack_like(m) && (guarded || holds_sp) {
+        if is_thread_stack(maps, i, sps) {
             out.stacks += 1;
             out.rss = out.rss.saturating_add(m.stats.rss);
             out.size = out.size.saturating_add(m.size());
         }
     }
     out
+}
+
+/// Whether `maps[i]` holds new threads' stacks (see [`thread_stacks`]).
+pub fn is_thread_stack(maps: &[Mapping], i: usize, sps: &[u64]) -> bool {
+    let Some(m) = maps.get(i) else {
+        return false;
+    };
+    let stack_like =
+        m.is_anonymous() && m.readable() && m.writable() && !m.executable() && !m.shared();
+    if !stack_like {
+        return false;
+    }
+    let guarded = i > 0 && {
+        let g = &maps[i - 1];
+        g.end == m.start && g.no_access() && g.is_anonymous() && g.size() <= MAX_GUARD
+    };
+    guarded || sps.iter().any(|&sp| sp >= m.start && sp < m.end)
 }
 
 #[cfg(test)]

@@ -60,6 +60,31 @@ pub struct PythonReport {
     pub garbage_len: Option<u64>,
     /// With --allow-collect: what one gc.collect() at the end freed.
     pub collect: Option<CollectRaw>,
+    /// Where the censuses and the collector's counters came from: "memory"
+    /// (read from outside, no code in the target) or "agent".
+    pub source: String,
+    /// What was read from outside, when the source is "memory".
+    pub outside: Option<OutsideStats>,
+    /// The heap at the last census (null without one).
+    pub heap: Option<super::HeapTotals>,
+}
+
+/// What was read from outside over the window (the cost line says it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct OutsideStats {
+    pub censuses: usize,
+    pub gc_reads: usize,
+    /// The target's threads were stopped this long in all...
+    pub paused_s: f64,
+    /// ...and at most this long at once.
+    pub max_pause_s: f64,
+    /// Largest copy, bytes.
+    pub copied_bytes: u64,
+    /// Decoding in memsleuth (the target runs meanwhile).
+    pub walk_s: f64,
+    /// Objects the reader rejected as invalid, over all censuses.
+    pub skipped_objects: u64,
+    pub warnings: Vec<String>,
 }
 
 /// /proc counters over the window, for charts.

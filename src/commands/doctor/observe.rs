@@ -42,6 +42,8 @@ pub struct Settings {
     pub duration: f64,
     pub allow_collect: bool,
     pub progress: bool,
+    /// Census with the agent even where the heap can be read from outside.
+    pub inject: bool,
 }
 
 /// What the report needs besides the observation.
@@ -57,6 +59,8 @@ pub struct Extras {
     pub why: Option<crate::render::why::WhyReport>,
     /// GIL time by part of the investigation (attach, censuses, ...).
     pub gil_parts: std::collections::BTreeMap<&'static str, f64>,
+    /// What was read from outside (censuses, collector), when it was.
+    pub outside: Option<super::outside::OutsideStats>,
 }
 
 /// Thread names from /proc (for thread findings without the agent).
@@ -149,7 +153,7 @@ const MAX_SP_THREADS: usize = 4096;
 
 /// The stack pointers of the process's threads but the main one, from
 /// /proc/PID/task/TID/syscall (threads on a CPU right now have none).
-fn stack_pointers(pid: u32) -> Vec<u64> {
+pub(super) fn stack_pointers(pid: u32) -> Vec<u64> {
     use crate::inject::threads::Activity;
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
@@ -209,6 +213,24 @@ pub fn observe(
         census_mode: "complete",
         ..Default::default()
     };
+    // The heap from outside wherever the reader supports this build.
+    let mut outside = if settings.inject {
+        None
+    } else {
+        match super::outside::Outside::open(pid) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                obs.skipped.push(Skipped {
+                    part: "reading the heap from outside".into(),
+                    reason: format!(
+                        "{}; the agent censuses it instead",
+                        crate::commands::error_sentence(&e).trim_end_matches('.')
+                    ),
+                });
+                None
+            }
+        }
+    };
     match crate::inject::attach::attach(pid, &attach.options()) {
         Ok(mut attached) => {
             let watched = super::session::watch(
@@ -221,6 +243,7 @@ pub fn observe(
                 &censuses_done,
                 &mut obs,
                 &mut extras,
+                outside.as_mut(),
             );
             if extras.gil_s == 0.0 {
                 extras.gil_s = attached.session.gil_used_s + attached.session.hello.gil_s.max(0.0);
@@ -242,13 +265,36 @@ pub fn observe(
                 });
             }
         }
-        Err(e) => {
-            obs.skipped.push(Skipped {
+        Err(e) => match outside.as_mut() {
+            // The heap from outside still: censuses, collector, garbage.
+            Some(o) => {
+                obs.skipped.push(Skipped {
+                    part: "the agent (thread names, allocators, retainer paths, what new \
+                           objects hold)"
+                        .into(),
+                    reason: crate::commands::error_sentence(&e.into()),
+                });
+                extras.version = Some({
+                    let v = o.version();
+                    format!("{}.{}.{}", v.0, v.1, v.2)
+                });
+                extras.method = Some("none: read from outside".into());
+                extras.census_mode = "complete";
+                match super::outside::alone(o, t0, end, &censuses_done) {
+                    Ok(py) => obs.python = Some(py),
+                    Err(e) => obs.skipped.push(Skipped {
+                        part: "python heap from outside".into(),
+                        reason: crate::commands::error_sentence(&e),
+                    }),
+                }
+            }
+            None => obs.skipped.push(Skipped {
                 part: "python heap (censuses, gc, threads, allocators)".into(),
                 reason: crate::commands::error_sentence(&e.into()),
-            });
-        }
+            }),
+        },
     }
+    extras.outside = outside.map(|o| o.stats);
     // The /proc side runs to the end whatever happened to the session.
     while Instant::now() < end + SAMPLE_EVERY && !handle.is_finished() {
         std::thread::sleep(Duration::from_millis(20));

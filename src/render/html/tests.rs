@@ -117,6 +117,9 @@ fn report(findings: Vec<Finding>, series: Series, type_series: Vec<TypeSeries>) 
             gc_enabled: Some(true),
             garbage_len: Some(0),
             collect: None,
+            source: "agent".into(),
+            outside: None,
+            heap: None,
         }),
         observed_s: 8.0,
         skipped: vec![Skipped {
