@@ -13,7 +13,8 @@ fn main() -> anyhow::Result<()> {
     let pid: u32 = args[1].parse()?;
     let proc = Process::open(pid)?;
     let maps = proc.maps()?;
-    let py = memsleuth::python::detect(&proc, &maps)?.ok_or_else(|| anyhow::anyhow!("not python"))?;
+    let py =
+        memsleuth::python::detect(&proc, &maps)?.ok_or_else(|| anyhow::anyhow!("not python"))?;
     let lazy = LiveLazy { pid };
     let interp = locate(&lazy, &py)?;
     let t0 = std::time::Instant::now();

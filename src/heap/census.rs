@@ -84,7 +84,7 @@ impl Counter<'_> {
         let t = self.types.info(ti);
         let size = getsizeof(mem, it, t, obj);
         let key = if self.keep_ids {
-            id_key(mem, it, t.kind, obj)
+            id_key(mem, t.kind, obj)
         } else {
             obj
         };
@@ -185,14 +185,14 @@ impl Counter<'_> {
 }
 
 /// Identity key of an object for growth: ints and floats by value too.
-fn id_key(mem: &Mem, it: &Interpreter, kind: Kind, obj: u64) -> u64 {
+fn id_key(mem: &Mem, kind: Kind, obj: u64) -> u64 {
     match kind {
         Kind::Float => fingerprint_key(obj, mem.u64(obj + 16).unwrap_or(0)),
         Kind::Int2 => fingerprint_key(obj, mem.u64(obj + 16).unwrap_or(0)),
         Kind::Long => {
             // Small values: the first two digits and the size/tag word.
             let tag = mem.u64(obj + 16).unwrap_or(0);
-            let d = mem.u64(obj + if it.layout.long_tag { 24 } else { 24 }).unwrap_or(0);
+            let d = mem.u64(obj + 24).unwrap_or(0);
             fingerprint_key(obj, tag.rotate_left(17) ^ d)
         }
         _ => obj,
@@ -256,9 +256,17 @@ pub fn census(
     let mut warnings = interp.warnings.clone();
     warnings.extend(walked.warnings);
     if dup > 0 {
-        warnings.push(format!("{dup} objects sat on two generation lists (counted once)"));
+        warnings.push(format!(
+            "{dup} objects sat on two generation lists (counted once)"
+        ));
     }
-    let census = finish(&mut c, opts, walked.tracked.len() as u64, walked.permanent.len() as u64, walk_s);
+    let census = finish(
+        &mut c,
+        opts,
+        walked.tracked.len() as u64,
+        walked.permanent.len() as u64,
+        walk_s,
+    );
     Ok(HeapCensus {
         census,
         skipped: c.skipped,
@@ -276,11 +284,11 @@ fn finish(c: &mut Counter, opts: &CensusOptions, listed: u64, frozen: u64, walk_
     let mut rows: BTreeMap<String, TypeRow> = BTreeMap::new();
     let mut ids: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let add = |rows: &mut BTreeMap<String, TypeRow>,
-                   ids: &mut BTreeMap<String, Vec<u64>>,
-                   kind: RowKind,
-                   tid: u64,
-                   (module, qualname): (Option<String>, String),
-                   agg: &mut Agg| {
+               ids: &mut BTreeMap<String, Vec<u64>>,
+               kind: RowKind,
+               tid: u64,
+               (module, qualname): (Option<String>, String),
+               agg: &mut Agg| {
         let base = qualified(module.as_deref(), &qualname);
         let name = match kind {
             RowKind::Type => base,
@@ -332,7 +340,11 @@ fn finish(c: &mut Counter, opts: &CensusOptions, listed: u64, frozen: u64, walk_
             tracked: u64::from(d.tracked),
             untracked: u64::from(!d.tracked),
             size: d.size,
-            ids: if opts.keep_ids { vec![d.id] } else { Vec::new() },
+            ids: if opts.keep_ids {
+                vec![d.id]
+            } else {
+                Vec::new()
+            },
         };
         add(&mut rows, &mut ids, kind, tid, n, &mut agg);
     }

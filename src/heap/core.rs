@@ -357,7 +357,10 @@ impl CoreFile {
     }
 
     /// Whether the core's copy of the file's first page disagrees with the
-    /// file on disk (only checked when the core holds that page).
+    /// file on disk (only checked when the core holds that page). Only the
+    /// parts never written at run time are compared: the ELF header, the
+    /// program headers and notes (the build-id) that lie in that page; the
+    /// rest of it may hold relocated data in small binaries.
     fn first_page_differs(&self, name: &str, disk: &Mmap) -> bool {
         let Some(f) = self
             .files
@@ -367,10 +370,13 @@ impl CoreFile {
             return false;
         };
         let n = 4096.min((f.end - f.start) as usize).min(disk.len);
-        match self.core_slice(f.start, n) {
-            Some(core) => core != &disk.bytes()[..n],
-            None => false,
-        }
+        let Some(core) = self.core_slice(f.start, n) else {
+            return false;
+        };
+        let disk = &disk.bytes()[..n];
+        invariant_ranges(disk)
+            .into_iter()
+            .any(|(a, b)| core.get(a..b) != disk.get(a..b))
     }
 
     /// Bytes held in the core itself.
@@ -448,6 +454,35 @@ impl AddressSpace for CoreFile {
     fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
         self.piece(addr, len).filter(|p| p.len() == len)
     }
+}
+
+/// Byte ranges of an ELF file's first page that loading never changes:
+/// the header, the program headers and the notes. A file that is not ELF
+/// compares whole.
+fn invariant_ranges(page: &[u8]) -> Vec<(usize, usize)> {
+    let Ok(h) = elf::FileHeader64::<Endian>::parse(page) else {
+        return vec![(0, page.len())];
+    };
+    let Ok(e) = h.endian() else {
+        return vec![(0, page.len())];
+    };
+    let mut out = vec![(0, std::mem::size_of::<elf::FileHeader64<Endian>>())];
+    let phoff = h.e_phoff(e) as usize;
+    let phsize = usize::from(h.e_phnum(e)) * usize::from(h.e_phentsize(e));
+    if phoff.saturating_add(phsize) <= page.len() {
+        out.push((phoff, phoff + phsize));
+    }
+    if let Ok(phdrs) = h.program_headers(e, page) {
+        for ph in phdrs {
+            if ph.p_type(e) == elf::PT_NOTE {
+                let (o, sz) = (ph.p_offset(e) as usize, ph.p_filesz(e) as usize);
+                if o.saturating_add(sz) <= page.len() {
+                    out.push((o, o + sz));
+                }
+            }
+        }
+    }
+    out
 }
 
 fn cstr(b: &[u8]) -> String {

@@ -27,6 +27,8 @@ pub enum HeapError {
         "cannot read the target's memory at {addr:#x} ({what}): the process may have exited, or memsleuth needs the same user or root"
     )]
     Unreadable { addr: u64, what: &'static str },
-    #[error("the target's heap does not look like CPython's ({0}); it may be corrupt, or a build memsleuth does not know")]
+    #[error(
+        "the target's heap does not look like CPython's ({0}); it may be corrupt, or a build memsleuth does not know"
+    )]
     Corrupt(String),
 }

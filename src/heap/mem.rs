@@ -98,7 +98,10 @@ impl<'a> Mem<'a> {
         while done < count {
             let n = per.min(count - done);
             let len = n as usize * stride;
-            if !self.space.read(addr + done * stride as u64, &mut buf[..len]) {
+            if !self
+                .space
+                .read(addr + done * stride as u64, &mut buf[..len])
+            {
                 return false;
             }
             for r in buf[..len].chunks_exact(stride) {

@@ -15,6 +15,7 @@
 //! partial result with a count of what was skipped, never a panic.
 
 pub mod core;
+pub mod read;
 pub mod snapshot;
 pub mod source;
 pub mod space;

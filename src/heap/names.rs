@@ -52,7 +52,10 @@ fn name_of(mem: &Mem, it: &Interpreter, t: u64) -> Option<(Option<String>, Strin
         .ht_qualname
         .and_then(|o| mem.u64(t + o))
         .and_then(|s| strs::read(mem, it, s))
-        .or_else(|| mem.u64(t + lay.ht_name).and_then(|s| strs::read(mem, it, s)))
+        .or_else(|| {
+            mem.u64(t + lay.ht_name)
+                .and_then(|s| strs::read(mem, it, s))
+        })
         .unwrap_or_else(|| "?".into());
     let module = module_in(mem, it, mem.u64(t + tp::DICT)?);
     Some((module, qual))

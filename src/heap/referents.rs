@@ -12,7 +12,31 @@ use super::dicts;
 use super::layout::{InstanceLayout, flags, tp};
 use super::mem::{Mem, word};
 use super::roots::Interpreter;
-use super::types::{Kind, TypeInfo, Types};
+use super::types::{Kind, Special, TypeInfo, Types};
+
+/// A deque's items: `len` of them from `leftindex` of the left block,
+/// following the blocks' right links (2.7: data first, then rightlink;
+/// 3.x: leftlink, data, rightlink).
+fn deque_items(mem: &Mem, it: &Interpreter, obj: u64, f: &mut Sink) {
+    let (len, mut i, blocklen, _) = super::sizes::deque_fields(mem, it, obj);
+    let py2 = it.layout.major == 2;
+    let (data, right) = if py2 {
+        (0, 8 * blocklen)
+    } else {
+        (8, 8 + 8 * blocklen)
+    };
+    let mut block = mem.u64(obj + if py2 { 16 } else { 24 }).unwrap_or(0);
+    let mut left = len.min(1 << 28);
+    while left > 0 && block != 0 {
+        let n = (blocklen - i.min(blocklen)).min(left);
+        if !mem.words(block + data + 8 * i, n, &mut |p| f(p, false)) {
+            return;
+        }
+        left -= n;
+        i = 0;
+        block = mem.u64(block + right).unwrap_or(0);
+    }
+}
 
 /// A referent found: `scanned` ones came from the word scan and need the
 /// stricter check (see [`plausible`]).
@@ -79,6 +103,9 @@ pub fn decode(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64, f: &mut Sink)
         }
         Kind::Unicode | Kind::Bytes | Kind::Long | Kind::Int2 | Kind::Float | Kind::ByteArray => {}
         Kind::ClassObj | Kind::Other => {
+            if t.special == Special::Deque {
+                deque_items(mem, it, obj, f);
+            }
             if t.gc() {
                 scan(mem, t, obj, f);
             }
@@ -235,13 +262,7 @@ pub fn owned_dict(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64) -> Option
 }
 
 /// Every referent of `obj`, validated (for the retained-size walker).
-pub fn for_each(
-    mem: &Mem,
-    it: &Interpreter,
-    types: &mut Types,
-    obj: u64,
-    f: &mut dyn FnMut(u64),
-) {
+pub fn for_each(mem: &Mem, it: &Interpreter, types: &mut Types, obj: u64, f: &mut dyn FnMut(u64)) {
     let Some(ti) = mem.u64(obj + 8).and_then(|a| types.get(mem, it, a)) else {
         return;
     };
@@ -259,8 +280,14 @@ pub fn for_each(
 /// aligned, readable, with a valid type; words found by scanning must also
 /// have a non-zero reference count.
 #[inline]
-pub fn plausible(mem: &Mem, it: &Interpreter, types: &mut Types, p: u64, scanned: bool) -> Option<u32> {
-    if p == 0 || p % 8 != 0 || p < 4096 {
+pub fn plausible(
+    mem: &Mem,
+    it: &Interpreter,
+    types: &mut Types,
+    p: u64,
+    scanned: bool,
+) -> Option<u32> {
+    if p == 0 || !p.is_multiple_of(8) || p < 4096 {
         return None;
     }
     if scanned {
@@ -299,7 +326,9 @@ pub fn labelled(mem: &Mem, it: &Interpreter, types: &mut Types, obj: u64) -> Vec
             });
         }
         _ => {
-            decode(mem, it, &t, obj, &mut |p, _| out.push((String::from("?"), p)));
+            decode(mem, it, &t, obj, &mut |p, _| {
+                out.push((String::from("?"), p))
+            });
         }
     }
     out.retain(|(_, p)| plausible(mem, it, types, *p, false).is_some());

@@ -100,7 +100,11 @@ pub fn locate(space: &dyn AddressSpace, py: &PythonProcess) -> Result<Interprete
         set: opt("PySet_Type"),
         frozenset: opt("PyFrozenSet_Type"),
         unicode: sym("PyUnicode_Type")?,
-        bytes: if py3 { opt("PyBytes_Type") } else { opt("PyString_Type") },
+        bytes: if py3 {
+            opt("PyBytes_Type")
+        } else {
+            opt("PyString_Type")
+        },
         long: opt("PyLong_Type"),
         int: if py3 { 0 } else { opt("PyInt_Type") },
         float: opt("PyFloat_Type"),
@@ -110,7 +114,10 @@ pub fn locate(space: &dyn AddressSpace, py: &PythonProcess) -> Result<Interprete
         instance: if py3 { 0 } else { opt("PyInstance_Type") },
         classobj: if py3 { 0 } else { opt("PyClass_Type") },
         set_dummy: 0,
-        py2_ucs: if py.exported_symbol_address("PyUnicodeUCS4_FromString").is_some() {
+        py2_ucs: if py
+            .exported_symbol_address("PyUnicodeUCS4_FromString")
+            .is_some()
+        {
             4
         } else {
             2
@@ -119,12 +126,12 @@ pub fn locate(space: &dyn AddressSpace, py: &PythonProcess) -> Result<Interprete
     if let Some(p) = py.exported_symbol_address("_PySet_Dummy") {
         b.set_dummy = mem.u64(p).unwrap_or(0);
     }
-    let heap_type_size = mem
-        .u64(b.type_ + super::layout::tp::BASICSIZE)
-        .ok_or(HeapError::Unreadable {
-            addr: b.type_,
-            what: "the `type` type object",
-        })?;
+    let heap_type_size =
+        mem.u64(b.type_ + super::layout::tp::BASICSIZE)
+            .ok_or(HeapError::Unreadable {
+                addr: b.type_,
+                what: "the `type` type object",
+            })?;
     if !(400..=2048).contains(&heap_type_size) {
         return Err(HeapError::Corrupt(format!(
             "`type` has a basicsize of {heap_type_size}"
@@ -238,7 +245,11 @@ fn old_generations(mem: &Mem, sym: &u64, v: (u8, u8)) -> Result<GcState, HeapErr
                     threshold_off: 32,
                 });
             }
-            Ok(()) => last = Some(HeapError::Corrupt(format!("generation 0 threshold is {thr}"))),
+            Ok(()) => {
+                last = Some(HeapError::Corrupt(format!(
+                    "generation 0 threshold is {thr}"
+                )))
+            }
             Err(e) => last = Some(e),
         }
     }
@@ -366,9 +377,15 @@ fn debug_offsets(
     let interp_head = w(40);
     let next_off = w(64);
     let gc_off = w(if v == (3, 13) { 80 } else { 88 });
-    for (name, x) in [("interpreters.head", interp_head), ("next", next_off), ("gc", gc_off)] {
+    for (name, x) in [
+        ("interpreters.head", interp_head),
+        ("next", next_off),
+        ("gc", gc_off),
+    ] {
         if x > 1 << 20 {
-            return Err(HeapError::Corrupt(format!("_Py_DebugOffsets gives {name} = {x:#x}")));
+            return Err(HeapError::Corrupt(format!(
+                "_Py_DebugOffsets gives {name} = {x:#x}"
+            )));
         }
     }
     let mut gcs = per_interpreter(mem, rt + interp_head, next_off, gc_off, v, warnings)?;

@@ -7,7 +7,22 @@ use super::dicts;
 use super::layout::flags;
 use super::mem::Mem;
 use super::roots::Interpreter;
-use super::types::{Kind, TypeInfo};
+use super::types::{Kind, Special, TypeInfo};
+
+/// `_io.Buffered*`: `buffer` and `buffer_size` (3.x).
+const BUFFER: u64 = 56;
+const BUFFER_SIZE: u64 = 120;
+
+/// A deque's (length, leftindex, BLOCKLEN, sizeof(block)).
+pub fn deque_fields(mem: &Mem, it: &Interpreter, obj: u64) -> (u64, u64, u64, u64) {
+    if it.layout.major == 2 {
+        let len = mem.u64(obj + 48).unwrap_or(0).min(1 << 40);
+        (len, mem.u64(obj + 32).unwrap_or(0).min(64), 62, 512)
+    } else {
+        let len = mem.u64(obj + 16).unwrap_or(0).min(1 << 40);
+        (len, mem.u64(obj + 40).unwrap_or(0).min(64), 64, 528)
+    }
+}
 
 /// `sys.getsizeof(obj)` for an object of type `t` (0 parts that cannot be
 /// read are left out rather than failing).
@@ -48,21 +63,60 @@ pub fn getsizeof(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64) -> u64 {
                 24 + 4 * n
             }
         }
-        Kind::ByteArray => t.basicsize + mem.u64(obj + lay.bytearray_alloc).unwrap_or(0).min(1 << 40),
+        Kind::ByteArray => {
+            let alloc = mem.u64(obj + lay.bytearray_alloc).unwrap_or(0).min(1 << 40);
+            // 3.15 keeps the buffer in a bytes object and counts its header.
+            let header = if lay.at_least(3, 15) && alloc > 0 {
+                33
+            } else {
+                0
+            };
+            t.basicsize + alloc + header
+        }
         Kind::Type => {
             // Every object of kind Type is a type object itself.
             let fl = mem.u64(obj + super::layout::tp::FLAGS).unwrap_or(0);
+            if lay.major == 2 {
+                // No type.__sizeof__: object's generic one (a heap type's
+                // ob_size counts its __slots__ member descriptors).
+                let n = ob_size().clamp(0, 1 << 20) as u64;
+                let gc = if fl & flags::HEAPTYPE != 0 {
+                    lay.gc_head
+                } else {
+                    0
+                };
+                return it.heap_type_size + t.itemsize * n + gc;
+            }
             if fl & flags::HEAPTYPE != 0 {
                 let keys = lay
                     .ht_cached_keys
                     .and_then(|o| mem.u64(obj + o))
                     .unwrap_or(0);
-                let ks = if keys != 0 { dicts::keys_size(mem, it, keys) } else { 0 };
+                let ks = if keys != 0 {
+                    dicts::keys_size(mem, it, keys)
+                } else {
+                    0
+                };
                 return it.heap_type_size + ks + lay.gc_head;
             }
             return lay.type_size;
         }
-        _ => generic(),
+        _ => match t.special {
+            Special::Deque => {
+                let (len, left, blocklen, block) = deque_fields(mem, it, obj);
+                t.basicsize + (left + len).div_ceil(blocklen) * block
+            }
+            Special::Buffered if lay.major == 3 => {
+                let has = mem.u64(obj + BUFFER).unwrap_or(0) != 0;
+                t.basicsize
+                    + if has {
+                        mem.u64(obj + BUFFER_SIZE).unwrap_or(0).min(1 << 40)
+                    } else {
+                        0
+                    }
+            }
+            _ => generic(),
+        },
     };
     base + t.pre
 }

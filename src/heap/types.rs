@@ -59,6 +59,19 @@ pub struct TypeInfo {
     pub pre: u64,
     pub cached_keys: u64,
     pub tp_members: u64,
+    /// A builtin with its own `__sizeof__` or item storage, by name.
+    pub special: Special,
+}
+
+/// Builtins outside the core kinds that the census sizes or decodes
+/// specially (recognised by the `tp_name` of the type or a base).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    None,
+    /// `collections.deque`: items in linked blocks.
+    Deque,
+    /// `_io.Buffered*`: `__sizeof__` adds `buffer_size`.
+    Buffered,
 }
 
 impl TypeInfo {
@@ -127,7 +140,7 @@ impl Types {
     }
 
     fn validate(&mut self, mem: &Mem, it: &Interpreter, addr: u64, depth: u32) -> Option<TypeInfo> {
-        if addr == 0 || addr % 8 != 0 {
+        if addr == 0 || !addr.is_multiple_of(8) {
             return None;
         }
         let mut raw = [0u8; tp::READ];
@@ -169,14 +182,28 @@ impl Types {
         let mut slots = Vec::new();
         let mut t = addr;
         let mut found_static = false;
+        let mut special = Special::None;
         for _ in 0..64 {
             if t == 0 {
                 break;
             }
-            if let Some(k) = builtin_kind(b, t) {
-                if kind == Kind::Other {
-                    kind = k;
-                }
+            if special == Special::None
+                && let Some(name) = mem
+                    .u64(t + tp::NAME)
+                    .and_then(|p| super::strs::cstr(mem, p))
+            {
+                special = match name.as_str() {
+                    "collections.deque" => Special::Deque,
+                    "_io.BufferedReader" | "_io.BufferedWriter" | "_io.BufferedRandom" => {
+                        Special::Buffered
+                    }
+                    _ => Special::None,
+                };
+            }
+            if let Some(k) = builtin_kind(b, t)
+                && kind == Kind::Other
+            {
+                kind = k;
             }
             let tf = mem.u64(t + tp::FLAGS)?;
             if tf & flags::HEAPTYPE != 0 {
@@ -187,7 +214,7 @@ impl Types {
                 static_basicsize = mem.u64(t + tp::BASICSIZE)?;
                 static_dictoffset = mem.u64(t + tp::DICTOFFSET)? as i64;
             }
-            if kind != Kind::Other && found_static {
+            if kind != Kind::Other && found_static && !heap {
                 break;
             }
             t = mem.u64(t + tp::BASE)?;
@@ -224,6 +251,7 @@ impl Types {
             pre,
             cached_keys,
             tp_members: word(&raw, tp::MEMBERS as usize),
+            special,
         })
     }
 
@@ -280,7 +308,7 @@ fn builtin_kind(b: &super::roots::Builtins, t: u64) -> Option<Kind> {
 /// `PyMemberDef` (40 bytes: name, type, offset, flags, doc) entries of
 /// type `T_OBJECT_EX` (16), until the NULL name.
 fn collect_slots(mem: &Mem, members: u64, out: &mut Vec<u32>) {
-    if members == 0 || members % 8 != 0 {
+    if members == 0 || !members.is_multiple_of(8) {
         return;
     }
     for i in 0..256u64 {
@@ -292,7 +320,7 @@ fn collect_slots(mem: &Mem, members: u64, out: &mut Vec<u32>) {
         }
         let ty = super::mem::word32(&rec, 8);
         let off = word(&rec, 16);
-        if ty == 16 && off < 1 << 20 && off % 8 == 0 && !out.contains(&(off as u32)) {
+        if ty == 16 && off < 1 << 20 && off.is_multiple_of(8) && !out.contains(&(off as u32)) {
             out.push(off as u32);
         }
     }

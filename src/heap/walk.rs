@@ -67,8 +67,9 @@ fn walk_list(
 ) {
     let gch = it.layout.gc_head;
     let Some(mut n) = mem.u64(head).map(|v| v & !3) else {
-        out.warnings
-            .push(format!("the generation list at {head:#x} could not be read"));
+        out.warnings.push(format!(
+            "the generation list at {head:#x} could not be read"
+        ));
         return;
     };
     // Brent's cycle detection.
@@ -84,8 +85,9 @@ fn walk_list(
         *budget -= 1;
         if n == 0 || n % 8 != 0 {
             out.skipped += 1;
-            out.warnings
-                .push(format!("a generation list is broken at {n:#x}; the rest of it was skipped"));
+            out.warnings.push(format!(
+                "a generation list is broken at {n:#x}; the rest of it was skipped"
+            ));
             return;
         }
         let obj = n + gch;
@@ -104,13 +106,16 @@ fn walk_list(
         }
         let Some(next) = mem.u64(n).map(|v| v & !3) else {
             out.skipped += 1;
-            out.warnings
-                .push(format!("a generation list link at {n:#x} is unreadable; the rest of it was skipped"));
+            out.warnings.push(format!(
+                "a generation list link at {n:#x} is unreadable; the rest of it was skipped"
+            ));
             return;
         };
         if next == tortoise {
-            out.warnings
-                .push("a generation list loops without returning to its head; the walk stopped there".into());
+            out.warnings.push(
+                "a generation list loops without returning to its head; the walk stopped there"
+                    .into(),
+            );
             return;
         }
         lam += 1;

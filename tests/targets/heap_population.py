@@ -110,6 +110,24 @@ if hasattr(sys, "addaudithook"):
             audit.append(event)
     sys.addaudithook(_hook)
 
+def count_tracked():
+    """gc.get_objects() per id(type), in a function: a module-level loop
+    variable is a global, and on 3.15 loading a lazy import object from the
+    globals imports it."""
+    objs = gc.get_objects()
+    counts = {}
+    # Neither the list nor this call's frame (an object up to 3.10).
+    mine = (id(objs), id(sys._getframe()))
+    for o in objs:
+        if id(o) not in mine:
+            t = id(type(o))
+            counts[t] = counts.get(t, 0) + 1
+    # Up to 3.6 the list holds this running frame: break the cycle (the
+    # collector is off).
+    del objs[:]
+    return counts
+
+
 freeze_count = getattr(gc, "get_freeze_count", lambda: 0)
 gc.disable()
 _target.emit("ready", os.getpid())
@@ -117,15 +135,7 @@ while True:
     armed[0] = True
     line = os.read(fd, 4096)
     armed[0] = False
-    objs = gc.get_objects()
-    counts = {}
-    me = id(objs)
-    for o in objs:
-        if id(o) != me:
-            t = id(type(o))
-            counts[t] = counts.get(t, 0) + 1
-    o = None
-    objs = None
+    counts = count_tracked()
     events = list(audit)
     del audit[:]
     _target.emit("report", json.dumps({"types": dict((str(k), v) for k, v in counts.items()),
