@@ -237,10 +237,10 @@ pub fn text(r: &Report) -> String {
                 out.push_str(&format!(": it doubles in {}", units::duration(d)));
             }
             if r.verdict == Verdict::Leak {
+                let words = crate::analysis::doctor::explained_words(p.growth_bytes_per_s, slope);
                 out.push_str(&format!(
-                    "\nThe findings explain {} of it ({:.0}%)",
-                    units::rate(p.growth_bytes_per_s),
-                    p.explained_share.unwrap_or(0.0) * 100.0
+                    "\nFindings: {} in all; {words}",
+                    units::rate(p.growth_bytes_per_s)
                 ));
             }
         }

@@ -50,7 +50,7 @@ mod verdict;
 
 pub use evidence::*;
 pub use objects::why_candidate;
-pub use verdict::{doubling_s, explained_rate, headline};
+pub use verdict::{doubling_s, explained_rate, explained_words, headline};
 
 /// A type must gain this many objects to be called growing.
 pub const MIN_TYPE_OBJECTS: u64 = 20;

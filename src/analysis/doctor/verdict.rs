@@ -86,12 +86,31 @@ fn growth_clause(obs: &Observation, findings: &[Finding], slope: Option<&RssSlop
     let doubles = doubling_s(rss, s.bytes_per_s)
         .map(|d| format!(" (doubles in {})", units::duration(d)))
         .unwrap_or_default();
-    let share = explained_rate(findings) / s.bytes_per_s;
     format!(
-        ". RSS grows {}{doubles}; the findings explain {:.0}% of it",
+        ". RSS grows {}{doubles}; {}",
         units::rate(s.bytes_per_s),
-        share * 100.0
+        explained_words(explained_rate(findings), s.bytes_per_s)
     )
+}
+
+/// How the findings' rate sum compares with the RSS slope, in words:
+/// "the findings explain 95% of it", or — when they add up to more than
+/// RSS grew — that the allocators are refilling memory they already held.
+pub fn explained_words(findings_rate: f64, slope: f64) -> String {
+    let share = if slope > 0.0 {
+        findings_rate / slope
+    } else {
+        0.0
+    };
+    if share > 1.5 {
+        format!(
+            "the findings add up to more ({}): the allocators are refilling memory they \
+             already held, and RSS will follow once it is used up",
+            units::rate(findings_rate)
+        )
+    } else {
+        format!("the findings explain {:.0}% of it", share * 100.0)
+    }
 }
 
 pub fn headline(

@@ -29,6 +29,8 @@ use crate::process::memory::{Chunk, read_chunks};
 
 /// Most bytes one census copies (the rest is read lazily, unpaused).
 const MAX_COPY: u64 = 2 << 30;
+/// Copies retried when one caught a collection in progress.
+const COLLECTING_RETRIES: u32 = 3;
 /// A page: buffers are touched once per page before the pause.
 const PAGE: usize = 4096;
 /// `gc.DEBUG_*` bits by name, in the agent's order.
@@ -45,13 +47,21 @@ const DEBUG_FLAGS: [(&str, u32); 6] = [
 pub struct Outside {
     pid: u32,
     interp: Interpreter,
+    /// Census the collector's lists only. With the agent attached doctor
+    /// does: the agent then measures what sampled new objects hold through
+    /// `gc.get_referents` (a frame's locals on 3.11+ live in data the
+    /// reader does not follow), exactly as with its own gc-only censuses.
+    pub gc_only: bool,
     pub stats: OutsideStats,
 }
+
+/// Copied mappings: (start, bytes), by start.
+type Regions = Vec<(u64, Vec<u8>)>;
 
 /// The copied memory of one census; reads outside it go to the live
 /// process (type names in read-only data, a mapping that appeared).
 struct HeapCopy {
-    regions: Vec<(u64, Vec<u8>)>,
+    regions: Regions,
     lazy: LiveLazy,
 }
 
@@ -90,6 +100,7 @@ impl Outside {
         Ok(Outside {
             pid,
             interp,
+            gc_only: false,
             stats: OutsideStats::default(),
         })
     }
@@ -99,76 +110,118 @@ impl Outside {
         (u32::from(v.major), u32::from(v.minor), u32::from(v.micro))
     }
 
-    /// Copies what can hold Python objects while the threads are paused.
-    fn copy(&mut self) -> anyhow::Result<HeapCopy> {
-        let pid = self.pid;
-        let maps = Process::unchecked(pid).maps()?;
-        let sps = super::observe::stack_pointers(pid);
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
+    /// The mappings a census copies: writable ones that can hold Python
+    /// objects, not thread stacks, at most MAX_COPY bytes (the rest is
+    /// read lazily).
+    fn plan(&self, sps: &[u64]) -> anyhow::Result<Vec<(u64, u64)>> {
+        let maps = Process::unchecked(self.pid).maps()?;
+        let mut ranges = Vec::new();
         let mut total = 0u64;
         for (i, m) in maps.iter().enumerate() {
-            if !crate::heap::snapshot::wanted(m) || is_thread_stack(&maps, i, &sps) {
+            if !crate::heap::snapshot::wanted(m) || is_thread_stack(&maps, i, sps) {
                 continue;
             }
             if total + m.size() > MAX_COPY {
-                continue; // read lazily
+                continue;
             }
             total += m.size();
             ranges.push((m.start, m.end));
         }
-        // Buffers faulted in before the pause: the copy only writes.
-        let mut bufs: Vec<Vec<u8>> = ranges
-            .iter()
+        Ok(ranges)
+    }
+
+    /// Copies what can hold Python objects while the threads are paused.
+    /// Buffers are allocated and faulted in before the pause; the maps are
+    /// read again during it (the heap of a growing process has grown since),
+    /// and only what changed gets a buffer then.
+    fn copy(&mut self) -> anyhow::Result<HeapCopy> {
+        let pid = self.pid;
+        let sps = super::observe::stack_pointers(pid);
+        let mut spare: std::collections::HashMap<u64, Vec<u8>> = self
+            .plan(&sps)?
+            .into_iter()
             .map(|(a, b)| {
                 let mut v = vec![0u8; (b - a) as usize];
                 for p in v.iter_mut().step_by(PAGE) {
                     *p = 1;
                 }
-                v
+                (a, v)
             })
             .collect();
         let freeze = Freeze::pause(pid)?;
-        let read = {
-            let mut chunks: Vec<Chunk> = bufs
-                .iter_mut()
-                .zip(&ranges)
-                .map(|(buf, (a, _))| Chunk::new(*a, buf))
+        let copied = (|| -> anyhow::Result<(Regions, u64)> {
+            let now = self.plan(&sps)?;
+            let mut bufs: Vec<(u64, Vec<u8>)> = now
+                .iter()
+                .map(|&(a, b)| {
+                    let len = (b - a) as usize;
+                    let mut v = spare.remove(&a).unwrap_or_default();
+                    v.resize(len, 0);
+                    (a, v)
+                })
                 .collect();
-            read_chunks(pid, &mut chunks).map(|_| chunks.iter().map(|c| c.filled).collect())
-        };
+            let mut chunks: Vec<Chunk> = bufs.iter_mut().map(|(a, v)| Chunk::new(*a, v)).collect();
+            read_chunks(pid, &mut chunks)?;
+            let filled: Vec<usize> = chunks.iter().map(|c| c.filled).collect();
+            drop(chunks);
+            let mut total = 0u64;
+            for ((_, v), n) in bufs.iter_mut().zip(filled) {
+                v.truncate(n);
+                total += n as u64;
+            }
+            Ok((bufs, total))
+        })();
+        // Resumed on every path (dropping the freeze resumes too).
         let paused = freeze.resume().as_secs_f64();
-        let filled: Vec<usize> = read?;
+        let (mut regions, total) = copied?;
         self.stats.paused_s += paused;
         self.stats.max_pause_s = self.stats.max_pause_s.max(paused);
         self.stats.copied_bytes = self.stats.copied_bytes.max(total);
-        let regions = ranges
-            .into_iter()
-            .zip(bufs)
-            .zip(filled)
-            .map(|(((a, _), mut buf), n)| {
-                buf.truncate(n);
-                (a, buf)
-            })
-            .collect();
+        regions.sort_by_key(|r| r.0);
         Ok(HeapCopy {
             regions,
             lazy: LiveLazy { pid },
         })
     }
 
-    /// One complete census, with object ids (for sampling new ones).
+    /// One census (complete unless `gc_only`), with object ids (for
+    /// sampling new ones).
+    /// A copy that caught a collection in progress (objects then sit on
+    /// the collector's private lists) is taken again after letting the
+    /// target run briefly, up to COLLECTING_RETRIES times.
     pub fn census(&mut self) -> anyhow::Result<Census> {
-        let copy = self.copy()?;
-        let t = Instant::now();
-        let hc = crate::heap::census(
-            &copy,
-            &self.interp,
-            &CensusOptions {
-                gc_only: false,
-                keep_ids: true,
-            },
-        )?;
-        self.stats.walk_s += t.elapsed().as_secs_f64();
+        let mut tries = 0;
+        let hc = loop {
+            let copy = self.copy()?;
+            let t = Instant::now();
+            let hc = crate::heap::census(
+                &copy,
+                &self.interp,
+                &CensusOptions {
+                    gc_only: self.gc_only,
+                    keep_ids: true,
+                },
+            )?;
+            self.stats.walk_s += t.elapsed().as_secs_f64();
+            // A size read from memory that changed under us must not pass
+            // for growth: no census is larger than what is mapped.
+            let mapped = Process::unchecked(self.pid)
+                .status()
+                .map(|st| st.vm_size)
+                .unwrap_or(u64::MAX);
+            if hc.census.size > mapped {
+                anyhow::bail!(
+                    "the census read {} bytes of objects in a process that maps {mapped}: a torn \
+                     read, left out",
+                    hc.census.size
+                );
+            }
+            tries += 1;
+            if !hc.collecting || tries > COLLECTING_RETRIES {
+                break hc;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         self.stats.censuses += 1;
         self.stats.skipped_objects += hc.skipped;
         for w in hc.warnings {

@@ -139,11 +139,13 @@ pub(super) fn watch(
         ids_by_call: false,
     };
     let (censuses, times, gc_cost, cost, reserve) = if let Some(o) = outside.as_deref_mut() {
-        // From outside: complete censuses and the collector's counters cost
-        // the target no GIL; the agent stays idle until the closing reads.
-        req.gc_only = false;
-        extras.census_mode = "complete";
-        py.gc_only = false;
+        // From outside: censuses and the collector's counters cost the
+        // target no GIL; the agent stays idle until the closing reads, and
+        // then measures what new objects hold (see `Outside::gc_only`).
+        o.gc_only = true;
+        req.gc_only = true;
+        extras.census_mode = "gc_only";
+        py.gc_only = true;
         let (censuses, times) =
             super::outside::window(o, t0, end, done, &mut py, &mut |py| gc(s, py, extras))?;
         py.closing_t = since(Instant::now());

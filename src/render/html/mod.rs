@@ -305,6 +305,16 @@ fn footer(out: &mut String, r: &Report) {
                 fixed(py.attach_s, 2),
                 esc(&py.attach_method)
             );
+            if let Some(o) = py.outside.as_ref().filter(|_| py.source == "memory") {
+                let _ = write!(
+                    out,
+                    "; the censuses and {} collector reads were read from outside (no code in \
+                     the target; threads paused {} ms in all, {} ms at most)",
+                    o.gc_reads,
+                    fixed(o.paused_s * 1000.0, 0),
+                    fixed(o.max_pause_s * 1000.0, 0)
+                );
+            }
         }
         None => out.push_str("none: read from /proc only"),
     }
