@@ -237,10 +237,10 @@ pub fn text(r: &Report) -> String {
                 out.push_str(&format!(": it doubles in {}", units::duration(d)));
             }
             if r.verdict == Verdict::Leak {
-                let words = crate::analysis::doctor::explained_words(p.growth_bytes_per_s, slope);
                 out.push_str(&format!(
-                    "\nFindings: {} in all; {words}",
-                    units::rate(p.growth_bytes_per_s)
+                    "\nFindings: {} in all, {:.0}% of that",
+                    units::rate(p.growth_bytes_per_s),
+                    p.explained_share.unwrap_or(0.0) * 100.0
                 ));
             }
         }
@@ -328,12 +328,17 @@ pub fn text(r: &Report) -> String {
             };
             out.push_str(&format!(
                 "Cost to the target: {:.3} s in memsleuth's code with the GIL ({:.1}% of {:.1} s); \
-                 read from outside: {} complete {} and {} collector {} (threads paused {:.0} ms \
+                 read from outside: {} {} {} and {} collector {} (threads paused {:.0} ms \
                  in all, {:.0} ms at most){agent}\n",
                 py.gil_s,
                 py.gil_share * 100.0,
                 r.observed_s,
                 o.censuses,
+                if py.census_mode == "gc_only" {
+                    "gc-only"
+                } else {
+                    "complete"
+                },
                 if o.censuses == 1 {
                     "census"
                 } else {
