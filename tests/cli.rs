@@ -48,6 +48,7 @@ fn help_texts() {
         "tracemalloc",
         "native",
         "view",
+        "run",
     ] {
         snap!(
             format!("help_{sub}"),

@@ -3,6 +3,7 @@
 //! Commands write through [`Out`] so that a closed pipe ends the command
 //! quietly instead of panicking inside `println!`.
 
+pub mod completions;
 pub mod demo;
 pub mod doctor;
 pub mod eval;
@@ -15,6 +16,7 @@ pub mod maps;
 pub mod native;
 pub mod ps;
 pub mod readonly;
+pub mod run;
 pub mod shell;
 pub mod shm;
 pub mod top;
