@@ -1,12 +1,16 @@
 //! The watching: a /proc sampler thread (several samples a second, never
-//! touching the interpreter) and, on the main thread, one agent session
-//! that takes a few censuses, reads gc, lists threads, and at the end asks
-//! for the allocators' figures and the retainer paths of the top grower.
+//! touching the interpreter) and, on the main thread, the heap: censuses
+//! and collector reads from outside ([`super::outside`], the default where
+//! the reader supports the build) and one agent session for what needs the
+//! interpreter — thread names and stacks, what new objects hold, and at
+//! the end the allocators' figures and the retainer paths of the top
+//! grower. With `--inject` (or an unsupported build) the agent also takes
+//! the censuses and reads gc.
 //!
 //! The GIL budget: everything the session makes the target run stays below
-//! [`GIL_SHARE`] of the observation. The first census is measured; the
-//! number of later ones (and whether they are complete or gc-only, and
-//! whether `why` runs) follows from what is left.
+//! [`GIL_SHARE`] of the observation. With the agent's censuses the first
+//! one is measured; the number of later ones (and whether they are
+//! complete or gc-only, and whether `why` runs) follows from what is left.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

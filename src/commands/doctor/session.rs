@@ -1,5 +1,6 @@
-//! The session part of doctor's observation: censuses on a GIL budget, gc
-//! and thread reads, and the closing reads (gc.garbage by type, the
+//! The session part of doctor's observation: censuses on a GIL budget (or
+//! from outside, see [`super::outside`]), gc and thread reads, and the
+//! closing reads (what new objects hold, gc.garbage by type, the
 //! allocators, the retainer walk). See [`super::observe`] for the budget.
 
 use std::sync::Mutex;
