@@ -21,7 +21,57 @@ fn main() -> anyhow::Result<()> {
     let copy = memsleuth::heap::copied::Copied::take(pid)?;
     let copy_s = t0.elapsed().as_secs_f64();
     let t0 = std::time::Instant::now();
-    let hc = census(&copy, &interp, &CensusOptions::default())?;
+    // INSPECT=ADDR: that object's type and decoded referents.
+    if let Some(a) = std::env::var_os("INSPECT") {
+        let a: u64 = a.to_str().unwrap_or("0").parse()?;
+        let mem = memsleuth::heap::mem::Mem::new(&copy);
+        let mut types = memsleuth::heap::types::Types::new();
+        let ti = mem.u64(a + 8).and_then(|t| types.get(&mem, &interp, t));
+        if let Some(ti) = ti {
+            let t = types.info(ti).clone();
+            eprintln!("{t:?}");
+            memsleuth::heap::referents::decode(&mem, &interp, &t, a, &mut |p, s| {
+                eprintln!("  ref {p:#x} scanned {s}");
+            });
+        }
+        memsleuth::heap::referents::for_each(&mem, &interp, &mut types, a, &mut |p| {
+            eprintln!("  valid {p:#x}");
+        });
+    }
+    // DUMP=FILE: every object's row and address (ints and floats keyed by
+    // value: their rows only), to diff with an in-process closure.
+    let dump = std::env::var_os("DUMP");
+    let opts = CensusOptions {
+        keep_ids: dump.is_some(),
+        ..CensusOptions::default()
+    };
+    let hc = census(&copy, &interp, &opts)?;
+    eprintln!(
+        "first census: walk+decode {:.3}s, rows {:.3}s",
+        hc.walk_s, hc.census.feed_s
+    );
+    // REPEAT=N: N more censuses of the same copy, then the fastest.
+    if let Some(n) = std::env::var("REPEAT")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        let mut best = f64::MAX;
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            let _ = census(&copy, &interp, &opts)?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        eprintln!("fastest of {n}: {best:.3}s");
+    }
+    if let (Some(path), Some(ids)) = (dump, hc.census.ids.as_ref()) {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for (name, v) in ids {
+            for id in v {
+                writeln!(f, "{id} {name}")?;
+            }
+        }
+    }
     eprintln!("copy {} MB in {copy_s:.3}s", copy.bytes >> 20);
     eprintln!(
         "census: {} objects {} bytes tracked {} perm {} skipped {} in {:.3}s warnings {:?}",

@@ -198,6 +198,21 @@ fn read_only_census_matches_the_interpreter_and_the_agent() {
             });
             assert_eq!((n, total), (count, size), "[{label}] population {name}");
         }
+        // The classes' instances, exactly (scale 8).
+        for (name, n) in [
+            ("__main__.WithDict", 3000 * 8),
+            ("__main__.WithSlots", 2000 * 8),
+            ("__main__.Wide", 150 * 8),
+            ("__main__.Node", 201),
+        ] {
+            let got = hc
+                .census
+                .rows
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| r.count);
+            assert_eq!(got, Some(n), "[{label}] {name}");
+        }
         // 3. The complete census against the agent's.
         let out = run(memsleuth().args([
             "types",
@@ -260,4 +275,55 @@ fn types_get(mem: &Mem, interp: &Interpreter, o: u64) -> memsleuth::heap::types:
     let mut types = Types::new();
     let ti = types.get(mem, interp, mem.u64(o + 8).unwrap()).unwrap();
     types.info(ti).clone()
+}
+
+/// The main thread's current system call number.
+fn main_syscall(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/syscall"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn a_process_holding_the_gil_in_c_is_censused_from_outside() {
+    for_each_interpreter(|py| {
+        let label = &py.label;
+        let Some(t) = spawn_target(py, "heap_gil_held", &[]) else {
+            return;
+        };
+        // In its C sleep (nanosleep, clock_nanosleep), GIL held.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !["35", "230"].contains(&main_syscall(t.pid).as_str()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "[{label}] never slept"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (interp, space) = open(&t);
+        let hc = census(&space, &interp, &CensusOptions::default())
+            .unwrap_or_else(|e| panic!("[{label}] census: {e}"));
+        let row = |name: &str| {
+            hc.census
+                .rows
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| r.count)
+        };
+        assert_eq!(row("__main__.Held"), Some(1234), "[{label}]");
+        assert_eq!(row("__main__.Slotted"), Some(777), "[{label}]");
+        // (3.11+: attribute values without a dict.)
+        let dicts = (!py.at_least(3, 11)).then_some(1234);
+        assert_eq!(row("dict of __main__.Held"), dicts, "[{label}]");
+        assert!(row("str").unwrap_or(0) >= 500 + 1234 + 777, "[{label}]");
+        assert!(hc.warnings.is_empty(), "[{label}] {:?}", hc.warnings);
+        // Untouched: still in the same C sleep.
+        assert!(
+            ["35", "230"].contains(&main_syscall(t.pid).as_str()),
+            "[{label}] the main thread left its sleep"
+        );
+    });
 }

@@ -161,7 +161,10 @@ fn a_target_killed_during_the_pause_is_fine() {
         std::thread::sleep(Duration::from_millis(50));
         let started = Instant::now();
         drop(f);
-        assert!(started.elapsed() < Duration::from_secs(1));
+        // A bound against hangs, not a speed goal: collecting the dying
+        // threads waits at most 0.5 s, longer only on a starved machine.
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "[{}] {took:?}", interp.label);
         let status = t.kill_and_reap();
         assert!(status.is_some(), "[{}] not reaped", interp.label);
     });

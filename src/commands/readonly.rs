@@ -4,7 +4,9 @@
 //! From outside is the default. `--inject` (or an option that must run in
 //! the interpreter, like `--collect`) uses the agent. Where the build
 //! cannot be read from outside (unknown or unsupported version, a
-//! free-threaded build), the default falls back to the agent with a note;
+//! free-threaded build), the default falls back to the agent with a note,
+//! and quietly where the kernel refuses the read (a non-dumpable program
+//! started with `memsleuth run` is reached through its listener);
 //! `--read-only` and `--nonblocking` never inject and end in the error.
 
 use crate::cli::HeapReadArgs;
@@ -28,6 +30,11 @@ pub fn from_memory<T>(
             );
             Ok(None)
         }
+        // Not ours to read or pause, or its interpreter not found from
+        // outside: the agent's ways in (a launch listener, which also
+        // reads /proc for us) may still reach it, and say why not
+        // otherwise.
+        Err(e) if (e.denied() || e.not_found()) && !args.read_only && !args.nonblocking => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -14,9 +14,9 @@ use super::referents::{decode, owned_dict, plausible};
 use super::roots::Interpreter;
 use super::sizes::getsizeof;
 use super::space::AddressSpace;
-use super::types::{Kind, Types};
-use super::walk::walk;
-use crate::analysis::census::seen::Seen;
+use super::types::{Kind, TypeInfo, Types};
+use super::visited::Visited;
+use super::walk::Walker;
 use crate::analysis::census::{
     AgentStats, Census, IdMap, RowKind, TypeRow, fingerprint_key, qualified,
 };
@@ -57,14 +57,14 @@ struct DictRec {
     tracked: bool,
 }
 
-/// Most untracked objects followed (bounds memory on a hostile heap).
-const MAX_OBJECTS: usize = 1 << 30;
+/// Most untracked objects queued at once (bounds memory on a hostile heap).
+const MAX_OBJECTS: usize = 1 << 28;
 
 struct Counter<'a> {
     mem: Mem<'a>,
     it: &'a Interpreter,
     types: Types,
-    seen: Seen,
+    seen: Visited,
     /// By type index.
     aggs: Vec<Agg>,
     /// 2.7 old-style instances, by class.
@@ -97,7 +97,7 @@ impl Counter<'_> {
             return;
         }
         let agg = if t.kind == Kind::OldInstance && !t.heap {
-            let cls = mem.u64(obj + 16).unwrap_or(0);
+            let cls = mem.ptr(obj + 16).unwrap_or(0);
             self.old.entry(cls).or_default()
         } else {
             let i = ti as usize;
@@ -126,7 +126,7 @@ impl Counter<'_> {
             (owned_dict(mem, it, t, obj), t.addr)
         } else {
             match t.kind {
-                Kind::Module => (mem.u64(obj + 16), t.addr),
+                Kind::Module => (mem.ptr(obj + 16), t.addr),
                 // A class whose metaclass traverses it as `type` does
                 // (tp_dict first): not when the metaclass is a heap type.
                 Kind::Type if !t.heap => {
@@ -134,12 +134,12 @@ impl Counter<'_> {
                         .u64(obj + super::layout::tp::FLAGS)
                         .is_some_and(|f| f & super::layout::flags::HEAPTYPE != 0);
                     if heap {
-                        (mem.u64(obj + super::layout::tp::DICT), t.addr)
+                        (mem.ptr(obj + super::layout::tp::DICT), t.addr)
                     } else {
                         (None, 0)
                     }
                 }
-                Kind::OldInstance if !t.heap => (mem.u64(obj + 24), mem.u64(obj + 16).unwrap_or(0)),
+                Kind::OldInstance if !t.heap => (mem.ptr(obj + 24), mem.ptr(obj + 16).unwrap_or(0)),
                 _ => (None, 0),
             }
         };
@@ -167,11 +167,23 @@ impl Counter<'_> {
                 continue;
             }
             // (An address that is no object stays in `seen`: it never
-            // becomes one.)
-            if self.seen.insert(p) {
-                let Some(pi) = plausible(&self.mem, self.it, &mut self.types, p, scanned) else {
+            // becomes one. A scanned word is checked first: the stricter
+            // test may reject what a decoded reference would count.)
+            let pi = if scanned {
+                match plausible(&self.mem, self.it, &mut self.types, p, true) {
+                    Some(pi) if self.seen.insert(p) => Some(pi),
+                    _ => continue,
+                }
+            } else if self.seen.insert(p) {
+                plausible(&self.mem, self.it, &mut self.types, p, false)
+            } else {
+                continue;
+            };
+            if let Some(pi) = pi {
+                // A tracked object is counted where the walk finds it.
+                if is_tracked(&self.mem, self.it, self.types.info(pi), p) {
                     continue;
-                };
+                }
                 if self.stack.len() >= MAX_OBJECTS {
                     self.skipped += 1;
                     continue;
@@ -181,6 +193,32 @@ impl Counter<'_> {
             }
         }
         self.found = found;
+    }
+}
+
+/// Whether the collector tracks `obj` (of type `t`), from its GC header: a
+/// tracked object is on a generation list. Static type objects have no
+/// header.
+fn is_tracked(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64) -> bool {
+    if !t.gc() {
+        return false;
+    }
+    if t.kind == Kind::Type
+        && mem
+            .u64(obj + super::layout::tp::FLAGS)
+            .is_none_or(|f| f & super::layout::flags::HEAPTYPE == 0)
+    {
+        return false;
+    }
+    // 3.8+: `_gc_next` is NULL when untracked. Up to 3.7, `gc_refs` (the
+    // header's last word) is -2, shifted left by one on 3.6 and 3.7.
+    let Some(w) = mem.i64(obj.wrapping_sub(16)) else {
+        return false;
+    };
+    match (it.layout.major, it.layout.minor) {
+        (2, _) => w != -2,
+        (3, 6) | (3, 7) => w >> 1 != -2,
+        _ => w != 0,
     }
 }
 
@@ -207,13 +245,12 @@ pub fn census(
 ) -> Result<HeapCensus, HeapError> {
     let started = Instant::now();
     let mem = Mem::new(space);
-    let mut types = Types::new();
-    let walked = walk(&mem, interp, &mut types)?;
+    let mut walker = Walker::new(&mem, interp);
     let mut c = Counter {
         mem,
         it: interp,
-        types,
-        seen: Seen::default(),
+        types: Types::new(),
+        seen: Visited::default(),
         aggs: Vec::new(),
         old: IdMap::default(),
         dicts: Vec::new(),
@@ -221,59 +258,52 @@ pub fn census(
         keep_ids: opts.keep_ids,
         stack: Vec::new(),
         found: Vec::new(),
-        skipped: walked.skipped,
+        skipped: 0,
     };
-    // Every tracked object first, so that following referents only ever
-    // adds untracked ones.
-    let mut tracked: Vec<(u64, u32)> = Vec::with_capacity(walked.tracked.len());
-    for &o in walked.permanent.iter() {
-        c.seen.insert(o);
-    }
-    let mut dup = 0u64;
-    for &o in &walked.tracked {
-        if !c.seen.insert(o) {
+    // Each object as the walk finds it, while its memory is in the cache:
+    // counted, then (unless gc-only) what it holds that the collector does
+    // not track, recursively. Tracked referents are left to the walk (see
+    // `is_tracked`); objects of the permanent generation are not counted,
+    // like `gc.get_objects()` leaves them out.
+    let mut listed_seen = Visited::default();
+    let (mut listed, mut frozen, mut dup) = (0u64, 0u64, 0u64);
+    while let Some(f) = walker.next(&c.mem, interp, &mut c.types) {
+        if f.permanent {
+            frozen += 1;
+            continue;
+        }
+        listed += 1;
+        if !listed_seen.insert(f.obj) {
             dup += 1;
             continue;
         }
-        // Validated by the walk.
-        if let Some(ti) = mem.u64(o + 8).and_then(|t| c.types.get(&mem, interp, t)) {
-            tracked.push((o, ti));
-        }
-    }
-    for &(o, ti) in &tracked {
-        c.count(o, ti, true);
-        c.owners_of(o, ti);
-    }
-    if !opts.gc_only {
-        for &(o, ti) in &tracked {
-            c.follow(o, ti);
+        c.count(f.obj, f.ty, true);
+        c.owners_of(f.obj, f.ty);
+        if !opts.gc_only {
+            c.follow(f.obj, f.ty);
             while let Some((u, ui)) = c.stack.pop() {
                 c.follow(u, ui);
             }
         }
     }
+    drop(listed_seen);
+    c.skipped += walker.skipped;
     let walk_s = started.elapsed().as_secs_f64();
     let mut warnings = interp.warnings.clone();
-    warnings.extend(walked.warnings);
+    warnings.extend(walker.finish());
     if dup > 0 {
         warnings.push(format!(
             "{dup} objects sat on two generation lists (counted once)"
         ));
     }
-    let census = finish(
-        &mut c,
-        opts,
-        walked.tracked.len() as u64,
-        walked.permanent.len() as u64,
-        walk_s,
-    );
+    let census = finish(&mut c, opts, listed, frozen, walk_s);
     Ok(HeapCensus {
         census,
         skipped: c.skipped,
         warnings,
         walk_s,
-        permanent: walked.permanent.len() as u64,
-        collecting: walked.collecting,
+        permanent: frozen,
+        collecting: walker.collecting,
     })
 }
 

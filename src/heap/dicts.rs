@@ -13,7 +13,7 @@ const MAX_SLOTS: u64 = 1 << 27;
 pub fn entries(mem: &Mem, it: &Interpreter, d: u64, f: &mut dyn FnMut(u64, u64)) -> bool {
     match it.layout.dict {
         DictLayout::Py27 => {
-            let (Some(mask), Some(table)) = (mem.u64(d + 32), mem.u64(d + 40)) else {
+            let (Some(mask), Some(table)) = (mem.u64(d + 32), mem.ptr(d + 40)) else {
                 return false;
             };
             if mask >= MAX_SLOTS {
@@ -27,7 +27,7 @@ pub fn entries(mem: &Mem, it: &Interpreter, d: u64, f: &mut dyn FnMut(u64, u64))
             })
         }
         DictLayout::Py36 => {
-            let (Some(keys), Some(values)) = (mem.u64(d + 32), mem.u64(d + 40)) else {
+            let (Some(keys), Some(values)) = (mem.ptr(d + 32), mem.ptr(d + 40)) else {
                 return false;
             };
             let (Some(size), Some(n)) = (mem.u64(keys + 8), mem.u64(keys + 32)) else {
@@ -59,7 +59,7 @@ pub fn entries(mem: &Mem, it: &Interpreter, d: u64, f: &mut dyn FnMut(u64, u64))
             }
         }
         DictLayout::Py311 => {
-            let (Some(keys), Some(values)) = (mem.u64(d + 32), mem.u64(d + 40)) else {
+            let (Some(keys), Some(values)) = (mem.ptr(d + 32), mem.ptr(d + 40)) else {
                 return false;
             };
             let Some(k) = keys_311(mem, keys) else {
@@ -117,7 +117,10 @@ pub struct Keys311 {
 }
 
 pub fn keys_311(mem: &Mem, keys: u64) -> Option<Keys311> {
-    let raw = mem.bytes(keys, 32)?;
+    let mut raw = [0u8; 32];
+    if !mem.fill(keys, &mut raw) {
+        return None;
+    }
     let log2_size = raw[8];
     let log2_index_bytes = raw[9];
     let kind = raw[10];
@@ -162,7 +165,7 @@ pub fn keys_size(mem: &Mem, it: &Interpreter, keys: u64) -> u64 {
 pub fn sizeof(mem: &Mem, it: &Interpreter, d: u64, basicsize: u64) -> u64 {
     match it.layout.dict {
         DictLayout::Py27 => {
-            let (Some(mask), Some(table)) = (mem.u64(d + 32), mem.u64(d + 40)) else {
+            let (Some(mask), Some(table)) = (mem.u64(d + 32), mem.ptr(d + 40)) else {
                 return basicsize;
             };
             if table != d + 56 && mask < MAX_SLOTS {
@@ -172,7 +175,7 @@ pub fn sizeof(mem: &Mem, it: &Interpreter, d: u64, basicsize: u64) -> u64 {
             }
         }
         DictLayout::Py36 => {
-            let (Some(keys), Some(values)) = (mem.u64(d + 32), mem.u64(d + 40)) else {
+            let (Some(keys), Some(values)) = (mem.ptr(d + 32), mem.ptr(d + 40)) else {
                 return basicsize;
             };
             let Some(size) = mem.u64(keys + 8).filter(|s| *s < MAX_SLOTS) else {
@@ -189,7 +192,7 @@ pub fn sizeof(mem: &Mem, it: &Interpreter, d: u64, basicsize: u64) -> u64 {
             res
         }
         DictLayout::Py311 => {
-            let (Some(keys), Some(values)) = (mem.u64(d + 32), mem.u64(d + 40)) else {
+            let (Some(keys), Some(values)) = (mem.ptr(d + 32), mem.ptr(d + 40)) else {
                 return basicsize;
             };
             let Some(k) = keys_311(mem, keys) else {

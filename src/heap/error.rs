@@ -28,7 +28,7 @@ pub enum HeapError {
     )]
     Unreadable { addr: u64, what: &'static str },
     #[error(
-        "the target's heap does not look like CPython's ({0}); it may be corrupt, or a build memsleuth does not know"
+        "the target's heap does not look like CPython's ({0}): it may be changing or corrupt, or a build memsleuth does not know; try again, or use --inject"
     )]
     Corrupt(String),
 }

@@ -52,17 +52,20 @@ pub fn read(space: &dyn AddressSpace, interp: &Interpreter) -> Result<GcReading,
         garbage_len: None,
         garbage_types: Vec::new(),
     };
-    let list = gc.garbage.and_then(|g| mem.u64(g));
+    let list = gc.garbage.and_then(|g| mem.ptr(g));
     if let Some(list) = list
         && mem.u64(list + 8) == Some(interp.builtins.list)
     {
         let n = mem.u64(list + 16).unwrap_or(0);
         out.garbage_len = Some(n);
-        let items = mem.u64(list + 24).unwrap_or(0);
+        let items = mem.ptr(list + 24).unwrap_or(0);
         let mut types = Types::new();
         let mut names = Names::default();
         let mut by: std::collections::BTreeMap<String, u64> = Default::default();
         mem.words(items, n.min(1 << 24), &mut |o| {
+            if !super::mem::valid_ptr(o) {
+                return;
+            }
             let Some(ta) = mem.u64(o + 8) else { return };
             let Some(ti) = types.get(&mem, interp, ta) else {
                 return;

@@ -3,29 +3,87 @@
 //! else copied through a small stack buffer). Nothing here allocates per
 //! call except [`Mem::bytes`].
 
+use std::cell::Cell;
+
 use super::space::AddressSpace;
 
 /// Largest array (in elements) any decoder walks: a hostile length field
 /// cannot make a walk unbounded.
 pub const MAX_ITEMS: u64 = 1 << 28;
 
-#[derive(Clone, Copy)]
+/// Addresses at or above this are not user-space addresses on x86_64 (47
+/// bits; 56 with 5-level paging): rejected, so offsets added to them never
+/// overflow.
+pub const MAX_ADDR: u64 = 1 << 56;
+
+/// Whether `p` can be an object's address: not NULL, 8-aligned, past the
+/// zero page and in user space.
+#[inline]
+pub fn valid_ptr(p: u64) -> bool {
+    (4096..MAX_ADDR).contains(&p) && p.is_multiple_of(8)
+}
+
+/// Bytes per cached chunk, and chunks cached (direct-mapped by address).
+const CHUNK: u64 = 1 << 16;
+const WAYS: usize = 256;
+
+/// A cached chunk: its address and bytes (empty: not in one piece).
+type Chunk<'a> = Cell<(u64, &'a [u8])>;
+
+/// Reads through `space`, with a small cache of 64 KiB chunks borrowed
+/// from it (`AddressSpace::slice`): most reads of a census then cost a
+/// table lookup, not a virtual call and a search of the mappings.
+#[derive(Clone)]
 pub struct Mem<'a> {
     pub space: &'a dyn AddressSpace,
+    chunks: Box<[Chunk<'a>]>,
 }
 
 impl<'a> Mem<'a> {
     pub fn new(space: &'a dyn AddressSpace) -> Mem<'a> {
-        Mem { space }
+        Mem {
+            space,
+            chunks: (0..WAYS).map(|_| Cell::new((u64::MAX, &[][..]))).collect(),
+        }
+    }
+
+    /// `len` bytes at `addr` borrowed from the space, through the cache.
+    #[inline]
+    fn get(&self, addr: u64, len: usize) -> Option<&'a [u8]> {
+        let base = addr & !(CHUNK - 1);
+        let off = (addr - base) as usize;
+        let cell = &self.chunks[(addr >> 16) as usize & (WAYS - 1)];
+        let (b, chunk) = cell.get();
+        if b == base {
+            if let Some(r) = chunk.get(off..off.checked_add(len)?) {
+                return Some(r);
+            }
+        } else {
+            // (A chunk that is not in one piece is remembered as empty.)
+            let chunk = self.space.slice(base, CHUNK as usize).unwrap_or(&[]);
+            cell.set((base, chunk));
+            if let Some(r) = chunk.get(off..off.checked_add(len)?) {
+                return Some(r);
+            }
+        }
+        self.space.slice(addr, len)
     }
 
     #[inline]
     pub fn u64(&self, addr: u64) -> Option<u64> {
-        if let Some(s) = self.space.slice(addr, 8) {
+        if let Some(s) = self.get(addr, 8) {
             return Some(u64::from_le_bytes(s.try_into().ok()?));
         }
         let mut b = [0u8; 8];
         self.space.read(addr, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
+    /// A pointer field: the word at `addr` when it can be an address in
+    /// the target (NULL included), so that adding a field offset to it
+    /// cannot overflow. Larger values read as unreadable.
+    #[inline]
+    pub fn ptr(&self, addr: u64) -> Option<u64> {
+        self.u64(addr).filter(|p| *p < MAX_ADDR)
     }
 
     #[inline]
@@ -35,7 +93,7 @@ impl<'a> Mem<'a> {
 
     #[inline]
     pub fn u32(&self, addr: u64) -> Option<u32> {
-        if let Some(s) = self.space.slice(addr, 4) {
+        if let Some(s) = self.get(addr, 4) {
             return Some(u32::from_le_bytes(s.try_into().ok()?));
         }
         let mut b = [0u8; 4];
@@ -44,7 +102,7 @@ impl<'a> Mem<'a> {
 
     #[inline]
     pub fn u8(&self, addr: u64) -> Option<u8> {
-        if let Some(s) = self.space.slice(addr, 1) {
+        if let Some(s) = self.get(addr, 1) {
             return Some(s[0]);
         }
         let mut b = [0u8; 1];
@@ -53,7 +111,7 @@ impl<'a> Mem<'a> {
 
     /// A copy of `len` bytes (for names and small structs).
     pub fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
-        if let Some(s) = self.space.slice(addr, len) {
+        if let Some(s) = self.get(addr, len) {
             return Some(s.to_vec());
         }
         let mut v = vec![0u8; len];
@@ -63,7 +121,7 @@ impl<'a> Mem<'a> {
     /// Fills `buf`, from a slice when available.
     #[inline]
     pub fn fill(&self, addr: u64, buf: &mut [u8]) -> bool {
-        if let Some(s) = self.space.slice(addr, buf.len()) {
+        if let Some(s) = self.get(addr, buf.len()) {
             buf.copy_from_slice(s);
             return true;
         }
@@ -86,7 +144,7 @@ impl<'a> Mem<'a> {
         if addr.checked_add(total).is_none() {
             return false;
         }
-        if let Some(s) = self.space.slice(addr, total as usize) {
+        if let Some(s) = self.get(addr, total as usize) {
             for r in s.chunks_exact(stride) {
                 f(r);
             }

@@ -26,6 +26,8 @@ pub mod copied;
 pub mod dicts;
 pub mod error;
 pub mod gcstate;
+#[cfg(test)]
+mod hostile;
 pub mod layout;
 pub mod mem;
 pub mod names;
@@ -34,6 +36,7 @@ pub mod roots;
 pub mod sizes;
 pub mod strs;
 pub mod types;
+pub mod visited;
 pub mod walk;
 
 pub use census::{CensusOptions, HeapCensus, census};

@@ -28,10 +28,13 @@ impl Names {
 }
 
 fn name_of(mem: &Mem, it: &Interpreter, t: u64) -> Option<(Option<String>, String)> {
+    if !super::mem::valid_ptr(t) {
+        return None;
+    }
     let meta = mem.u64(t + 8)?;
     if meta != 0 && meta == it.builtins.classobj {
         let name = strs::read(mem, it, mem.u64(t + 32)?).unwrap_or_else(|| "?".into());
-        let module = module_in(mem, it, mem.u64(t + 24)?);
+        let module = module_in(mem, it, mem.ptr(t + 24)?);
         return Some((module, name));
     }
     let fl = mem.u64(t + tp::FLAGS)?;
@@ -57,7 +60,7 @@ fn name_of(mem: &Mem, it: &Interpreter, t: u64) -> Option<(Option<String>, Strin
                 .and_then(|s| strs::read(mem, it, s))
         })
         .unwrap_or_else(|| "?".into());
-    let module = module_in(mem, it, mem.u64(t + tp::DICT)?);
+    let module = module_in(mem, it, mem.ptr(t + tp::DICT)?);
     Some((module, qual))
 }
 

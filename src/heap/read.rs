@@ -15,9 +15,11 @@ use super::census::{CensusOptions, HeapCensus, census};
 use super::error::HeapError;
 use super::gcstate::{self, GcReading};
 use super::roots::{Interpreter, locate};
+use super::snapshot::SnapshotError;
 use super::source::{self, Opened, Source, SourceError};
 use super::space::LiveLazy;
 use crate::analysis::census::Census;
+use crate::process::freeze::FreezeError;
 
 /// Copies retried when the first one caught a collection in progress.
 const COLLECTING_RETRIES: u32 = 3;
@@ -115,6 +117,28 @@ impl ReadError {
                     | HeapError::MissingSymbol { .. }
             )
         )
+    }
+
+    /// The kernel refused to let us read or pause the process (another
+    /// user, a non-dumpable process): a way in that does not need that
+    /// (a program started with `memsleuth run` lets the agent in through
+    /// its listener) may still work.
+    pub fn denied(&self) -> bool {
+        use crate::process::ProcError;
+        let proc_denied = |e: &ProcError| matches!(e, ProcError::PermissionDenied { .. });
+        match self {
+            ReadError::Source(SourceError::Proc(e)) => proc_denied(e),
+            ReadError::Source(SourceError::Freeze(FreezeError::Denied { .. })) => true,
+            ReadError::Source(SourceError::Snapshot(SnapshotError::Denied { .. })) => true,
+            ReadError::Source(SourceError::Snapshot(SnapshotError::Proc(e))) => proc_denied(e),
+            _ => false,
+        }
+    }
+
+    /// No interpreter was found from outside (not Python, or its binary
+    /// could not be read).
+    pub fn not_found(&self) -> bool {
+        matches!(self, ReadError::Source(SourceError::NotPython { .. }))
     }
 }
 

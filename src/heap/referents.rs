@@ -25,7 +25,7 @@ fn deque_items(mem: &Mem, it: &Interpreter, obj: u64, f: &mut Sink) {
     } else {
         (8, 8 + 8 * blocklen)
     };
-    let mut block = mem.u64(obj + if py2 { 16 } else { 24 }).unwrap_or(0);
+    let mut block = mem.ptr(obj + if py2 { 16 } else { 24 }).unwrap_or(0);
     let mut left = len.min(1 << 28);
     while left > 0 && block != 0 {
         let n = (blocklen - i.min(blocklen)).min(left);
@@ -34,7 +34,7 @@ fn deque_items(mem: &Mem, it: &Interpreter, obj: u64, f: &mut Sink) {
         }
         left -= n;
         i = 0;
-        block = mem.u64(block + right).unwrap_or(0);
+        block = mem.ptr(block + right).unwrap_or(0);
     }
 }
 
@@ -49,7 +49,7 @@ pub fn decode(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64, f: &mut Sink)
     match t.kind {
         Kind::List => {
             let n = mem.u64(obj + 16).unwrap_or(0);
-            let items = mem.u64(obj + 24).unwrap_or(0);
+            let items = mem.ptr(obj + 24).unwrap_or(0);
             if items != 0 {
                 mem.words(items, n, &mut |p| f(p, false));
             }
@@ -65,7 +65,7 @@ pub fn decode(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64, f: &mut Sink)
             });
         }
         Kind::Set => {
-            let (Some(mask), Some(table)) = (mem.u64(obj + 32), mem.u64(obj + 40)) else {
+            let (Some(mask), Some(table)) = (mem.u64(obj + 32), mem.ptr(obj + 40)) else {
                 return;
             };
             if mask < 1 << 28 {
@@ -96,7 +96,12 @@ pub fn decode(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64, f: &mut Sink)
                 f(mem.u64(obj + off).unwrap_or(0), false);
             }
         }
-        Kind::Module => f(mem.u64(obj + 16).unwrap_or(0), false),
+        Kind::Module => {
+            f(mem.u64(obj + 16).unwrap_or(0), false);
+            if lay.major == 3 {
+                module_state(mem, obj, f);
+            }
+        }
         Kind::OldInstance => {
             f(mem.u64(obj + 16).unwrap_or(0), false);
             f(mem.u64(obj + 24).unwrap_or(0), false);
@@ -116,19 +121,21 @@ pub fn decode(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64, f: &mut Sink)
     }
 }
 
-/// The fixed part of the nearest builtin base, and its items when they are
-/// pointers.
+/// The object's fixed part (a heap type made in C, e.g. 3.12+
+/// `_struct.Struct` or `re.Pattern`, keeps its fields past the static
+/// base), and its items when they are pointers (they start after the
+/// static base's fixed part).
 fn scan(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
-    let fixed = t.static_basicsize.min(4096);
-    let mut end = obj + fixed;
+    let fixed = t.basicsize.min(4096);
+    let start = t.static_basicsize.min(fixed);
     let mut items = 0;
     if t.itemsize == 8 {
         items = mem.u64(obj + 16).unwrap_or(0);
         if items > 1 << 20 {
             items = 0;
         }
-        end += 8 * items;
     }
+    let end = obj + fixed.max(start + 8 * items);
     let mut visit = |p: u64| {
         if p < obj || p >= end {
             f(p, true);
@@ -138,7 +145,24 @@ fn scan(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
         mem.words(obj + 16, (fixed - 16) / 8, &mut visit);
     }
     if items > 0 {
-        mem.words(obj + fixed, items, &mut visit);
+        mem.words(obj + start, items, &mut visit);
+    }
+}
+
+/// An extension module's state (`md_state`, `m_size` bytes of its
+/// `PyModuleDef`), scanned word by word like an unknown object: what its
+/// `m_traverse` would visit (3.x; `md_def`@24, `md_state`@32, `m_size`@56).
+fn module_state(mem: &Mem, obj: u64, f: &mut Sink) {
+    let (Some(def), Some(state)) = (mem.ptr(obj + 24), mem.ptr(obj + 32)) else {
+        return;
+    };
+    if def == 0 || state == 0 {
+        return;
+    }
+    let size = mem.i64(def + 56).unwrap_or(0);
+    if size > 0 {
+        let words = (size as u64).min(4096) / 8;
+        mem.words(state, words, &mut |p| f(p, true));
     }
 }
 
@@ -163,7 +187,7 @@ fn instance(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64, f: &mut Sink) {
                 if d != 0 {
                     f(d, false);
                 } else {
-                    let v = mem.u64(obj.wrapping_sub(32)).unwrap_or(0);
+                    let v = mem.ptr(obj.wrapping_sub(32)).unwrap_or(0);
                     if v != 0 {
                         split_values(mem, it, t, v, f);
                     }
@@ -174,7 +198,7 @@ fn instance(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64, f: &mut Sink) {
         }
         InstanceLayout::Managed312 => {
             if t.flags & flags::MANAGED_DICT != 0 {
-                let dv = mem.u64(obj.wrapping_sub(24)).unwrap_or(0);
+                let dv = mem.ptr(obj.wrapping_sub(24)).unwrap_or(0);
                 if dv & 1 != 0 {
                     split_values(mem, it, t, dv.wrapping_add(1), f);
                 } else if dv != 0 {
@@ -213,13 +237,8 @@ fn offset_dict(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
 
 /// 3.11/3.12 values: as many as the cached keys have entries.
 fn split_values(mem: &Mem, it: &Interpreter, t: &TypeInfo, v: u64, f: &mut Sink) {
-    let n = if t.cached_keys != 0 {
-        dicts::keys_311(mem, t.cached_keys).map_or(0, |k| k.nentries)
-    } else {
-        0
-    };
     let _ = it;
-    mem.words(v, n, &mut |p| f(p, false));
+    mem.words(v, t.cached_entries, &mut |p| f(p, false));
 }
 
 /// Where the `__dict__` pointer of `obj` sits (`tp_dictoffset`, negative:
@@ -287,7 +306,7 @@ pub fn plausible(
     p: u64,
     scanned: bool,
 ) -> Option<u32> {
-    if p == 0 || !p.is_multiple_of(8) || p < 4096 {
+    if !super::mem::valid_ptr(p) {
         return None;
     }
     if scanned {

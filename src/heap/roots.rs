@@ -76,6 +76,22 @@ pub struct Interpreter {
 pub fn locate(space: &dyn AddressSpace, py: &PythonProcess) -> Result<Interpreter, HeapError> {
     let version = py.version.ok_or(HeapError::UnknownVersion)?;
     let binary = py.binary.display().to_string();
+    let symbols = |name: &str| py.exported_symbol_address(name);
+    let runtime = py.section_address(".PyRuntime").map(|(a, _)| a);
+    locate_with(space, version, &binary, &symbols, runtime)
+}
+
+/// [`locate`] from the pieces of a [`PythonProcess`] it uses: the version,
+/// the binary's name, its exported symbols' run-time addresses and the
+/// `.PyRuntime` section's (3.13+).
+pub fn locate_with(
+    space: &dyn AddressSpace,
+    version: PythonVersion,
+    binary: &str,
+    symbols: &dyn Fn(&str) -> Option<u64>,
+    runtime_section: Option<u64>,
+) -> Result<Interpreter, HeapError> {
+    let binary = binary.to_string();
     if free_threaded_name(&binary) {
         return Err(HeapError::FreeThreaded(version.to_string()));
     }
@@ -83,13 +99,12 @@ pub fn locate(space: &dyn AddressSpace, py: &PythonProcess) -> Result<Interprete
         .ok_or_else(|| HeapError::Unsupported(version.to_string()))?;
     let mem = Mem::new(space);
     let sym = |name: &'static str| {
-        py.exported_symbol_address(name)
-            .ok_or(HeapError::MissingSymbol {
-                symbol: name,
-                binary: binary.clone(),
-            })
+        symbols(name).ok_or(HeapError::MissingSymbol {
+            symbol: name,
+            binary: binary.clone(),
+        })
     };
-    let opt = |name: &str| py.exported_symbol_address(name).unwrap_or(0);
+    let opt = |name: &str| symbols(name).unwrap_or(0);
     let py3 = version.major == 3;
     let mut b = Builtins {
         object: sym("PyBaseObject_Type")?,
@@ -114,16 +129,13 @@ pub fn locate(space: &dyn AddressSpace, py: &PythonProcess) -> Result<Interprete
         instance: if py3 { 0 } else { opt("PyInstance_Type") },
         classobj: if py3 { 0 } else { opt("PyClass_Type") },
         set_dummy: 0,
-        py2_ucs: if py
-            .exported_symbol_address("PyUnicodeUCS4_FromString")
-            .is_some()
-        {
+        py2_ucs: if symbols("PyUnicodeUCS4_FromString").is_some() {
             4
         } else {
             2
         },
     };
-    if let Some(p) = py.exported_symbol_address("_PySet_Dummy") {
+    if let Some(p) = symbols("_PySet_Dummy") {
         b.set_dummy = mem.u64(p).unwrap_or(0);
     }
     let heap_type_size =
@@ -156,14 +168,12 @@ pub fn locate(space: &dyn AddressSpace, py: &PythonProcess) -> Result<Interprete
             per_interpreter(&mem, rt + head, 0, gc, v, &mut warnings)?
         }
         _ => {
-            let rt = py
-                .section_address(".PyRuntime")
-                .map(|(a, _)| a)
-                .or_else(|| py.exported_symbol_address("_PyRuntime"))
-                .ok_or(HeapError::MissingSymbol {
+            let rt = runtime_section.or_else(|| symbols("_PyRuntime")).ok_or(
+                HeapError::MissingSymbol {
                     symbol: "_PyRuntime",
                     binary: binary.clone(),
-                })?;
+                },
+            )?;
             debug_offsets(&mem, rt, version, &mut warnings)?
         }
     };
@@ -199,7 +209,7 @@ fn head_ok(mem: &Mem, h: u64) -> bool {
     if next == h {
         return true;
     }
-    next != 0 && next % 8 == 0 && mem.u64(next + 8).map(|p| p & !3) == Some(h)
+    super::mem::valid_ptr(next) && mem.u64(next + 8).map(|p| p & !3) == Some(h)
 }
 
 fn check_heads(mem: &Mem, heads: &[u64], what: &str) -> Result<(), HeapError> {
@@ -222,7 +232,7 @@ fn check_heads(mem: &Mem, heads: &[u64], what: &str) -> Result<(), HeapError> {
 /// 2.7 and 3.6: `_PyGC_generation0` points at `generations[0].head`; the
 /// stride is 40 or 48 bytes (2.7 builds differ), found by validation.
 fn old_generations(mem: &Mem, sym: &u64, v: (u8, u8)) -> Result<GcState, HeapError> {
-    let g0 = mem.u64(*sym).ok_or(HeapError::Unreadable {
+    let g0 = mem.ptr(*sym).ok_or(HeapError::Unreadable {
         addr: *sym,
         what: "_PyGC_generation0",
     })?;
@@ -317,7 +327,7 @@ fn per_interpreter(
     v: (u8, u8),
     warnings: &mut Vec<String>,
 ) -> Result<Vec<GcState>, HeapError> {
-    let mut interp = mem.u64(head_ptr).ok_or(HeapError::Unreadable {
+    let mut interp = mem.ptr(head_ptr).ok_or(HeapError::Unreadable {
         addr: head_ptr,
         what: "the interpreter list",
     })?;
@@ -336,7 +346,7 @@ fn per_interpreter(
             Err(e) if out.is_empty() => return Err(e),
             Err(e) => warnings.push(format!("a sub-interpreter was skipped: {e}")),
         }
-        interp = match mem.u64(interp + next_off) {
+        interp = match mem.ptr(interp + next_off) {
             Some(n) if n % 8 == 0 => n,
             _ => break,
         };

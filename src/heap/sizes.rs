@@ -63,6 +63,8 @@ pub fn getsizeof(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64) -> u64 {
                 24 + 4 * n
             }
         }
+        // 3.11+ `code.__sizeof__` rounds its variable size up to words.
+        Kind::Code if lay.at_least(3, 11) => (generic() + 7) & !7,
         Kind::ByteArray => {
             let alloc = mem.u64(obj + lay.bytearray_alloc).unwrap_or(0).min(1 << 40);
             // 3.15 keeps the buffer in a bytes object and counts its header.
@@ -90,7 +92,7 @@ pub fn getsizeof(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64) -> u64 {
             if fl & flags::HEAPTYPE != 0 {
                 let keys = lay
                     .ht_cached_keys
-                    .and_then(|o| mem.u64(obj + o))
+                    .and_then(|o| mem.ptr(obj + o))
                     .unwrap_or(0);
                 let ks = if keys != 0 {
                     dicts::keys_size(mem, it, keys)
@@ -115,10 +117,28 @@ pub fn getsizeof(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64) -> u64 {
                         0
                     }
             }
+            Special::Struct => t.basicsize + struct_codes(mem, lay.major, obj),
             _ => generic(),
         },
     };
     base + t.pre
+}
+
+/// The format codes of a `_struct.Struct`, in bytes, with their
+/// terminator: 2.7 has one 24-byte code per item (`s_len`@24); 3.x one
+/// 32-byte code per run ("4H" is one), listed at `s_codes`@32 up to the
+/// one whose `fmtdef` is NULL.
+fn struct_codes(mem: &Mem, major: u8, obj: u64) -> u64 {
+    let len = mem.u64(obj + 24).unwrap_or(0).min(1 << 16);
+    if major == 2 {
+        return 24 * (len + 1);
+    }
+    let codes = mem.ptr(obj + 32).unwrap_or(0);
+    let mut n = 0;
+    while n < len && mem.u64(codes + 32 * n).is_some_and(|d| d != 0) {
+        n += 1;
+    }
+    32 * (n + 1)
 }
 
 /// `str.__sizeof__` (3.x) or 2.7 `unicode.__sizeof__`.

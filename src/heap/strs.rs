@@ -8,7 +8,7 @@ const MAX_NAME: u64 = 4096;
 
 /// The text of the 3.x `str` (or 2.7 `str`/`unicode`) at `s`, if it is one.
 pub fn read(mem: &Mem, it: &Interpreter, s: u64) -> Option<String> {
-    if s == 0 {
+    if !super::mem::valid_ptr(s) {
         return None;
     }
     let ty = mem.u64(s + 8)?;
@@ -24,7 +24,7 @@ pub fn read(mem: &Mem, it: &Interpreter, s: u64) -> Option<String> {
         }
         if ty == it.builtins.unicode {
             let n = mem.u64(s + 16)?;
-            let data = mem.u64(s + 24)?;
+            let data = mem.ptr(s + 24)?;
             if n > MAX_NAME {
                 return None;
             }
@@ -50,7 +50,7 @@ pub fn read(mem: &Mem, it: &Interpreter, s: u64) -> Option<String> {
     } else if compact {
         s + lay.str_compact
     } else {
-        mem.u64(s + lay.str_data)?
+        mem.ptr(s + lay.str_data)?
     };
     let n = n as usize;
     match kind {
@@ -93,6 +93,9 @@ fn decode_wide(b: &[u8], n: usize, width: usize) -> String {
 /// A NUL-terminated C string (a static type's `tp_name`).
 pub fn cstr(mem: &Mem, addr: u64) -> Option<String> {
     let mut out = Vec::new();
+    if addr >= super::mem::MAX_ADDR {
+        return None;
+    }
     let mut a = addr;
     while out.len() < MAX_NAME as usize {
         // Read up to the end of the page, so a short string near an

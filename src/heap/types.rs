@@ -58,6 +58,9 @@ pub struct TypeInfo {
     /// depends on the object (see sizes).
     pub pre: u64,
     pub cached_keys: u64,
+    /// 3.11/3.12: entries of `cached_keys` (how many split values an
+    /// instance has), read once.
+    pub cached_entries: u64,
     pub tp_members: u64,
     /// A builtin with its own `__sizeof__` or item storage, by name.
     pub special: Special,
@@ -72,6 +75,8 @@ pub enum Special {
     Deque,
     /// `_io.Buffered*`: `__sizeof__` adds `buffer_size`.
     Buffered,
+    /// `_struct.Struct`: `__sizeof__` adds its format codes.
+    Struct,
 }
 
 impl TypeInfo {
@@ -80,14 +85,31 @@ impl TypeInfo {
     }
 }
 
+/// Slots of the direct-mapped cache in front of the index.
+const FAST: usize = 512;
+
 /// The cache of validated types.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Types {
+    /// (type address, index) by address bits; address 0 = empty.
+    fast: Box<[(u64, u32)]>,
     index: IdMap<u32>,
     pub infos: Vec<TypeInfo>,
     /// Addresses found not to be types.
     bad: IdMap<()>,
     last: Option<(u64, u32)>,
+}
+
+impl Default for Types {
+    fn default() -> Types {
+        Types {
+            fast: vec![(0, 0); FAST].into_boxed_slice(),
+            index: IdMap::default(),
+            infos: Vec::new(),
+            bad: IdMap::default(),
+            last: None,
+        }
+    }
 }
 
 impl Types {
@@ -103,8 +125,15 @@ impl Types {
         {
             return Some(i);
         }
+        let slot = (addr >> 4) as usize % FAST;
+        let (a, i) = self.fast[slot];
+        if a == addr && a != 0 {
+            self.last = Some((addr, i));
+            return Some(i);
+        }
         if let Some(&i) = self.index.get(&addr) {
             self.last = Some((addr, i));
+            self.fast[slot] = (addr, i);
             return Some(i);
         }
         if self.bad.contains_key(&addr) {
@@ -140,7 +169,7 @@ impl Types {
     }
 
     fn validate(&mut self, mem: &Mem, it: &Interpreter, addr: u64, depth: u32) -> Option<TypeInfo> {
-        if addr == 0 || !addr.is_multiple_of(8) {
+        if !super::mem::valid_ptr(addr) {
             return None;
         }
         let mut raw = [0u8; tp::READ];
@@ -197,6 +226,7 @@ impl Types {
                     "_io.BufferedReader" | "_io.BufferedWriter" | "_io.BufferedRandom" => {
                         Special::Buffered
                     }
+                    "_struct.Struct" | "Struct" => Special::Struct,
                     _ => Special::None,
                 };
             }
@@ -207,7 +237,7 @@ impl Types {
             }
             let tf = mem.u64(t + tp::FLAGS)?;
             if tf & flags::HEAPTYPE != 0 {
-                let members = mem.u64(t + tp::MEMBERS).unwrap_or(0);
+                let members = mem.ptr(t + tp::MEMBERS).unwrap_or(0);
                 collect_slots(mem, members, &mut slots);
             } else if !found_static {
                 found_static = true;
@@ -217,7 +247,7 @@ impl Types {
             if kind != Kind::Other && found_static && !heap {
                 break;
             }
-            t = mem.u64(t + tp::BASE)?;
+            t = mem.ptr(t + tp::BASE)?;
         }
         let mut pre = 0;
         if fl & flags::HAVE_GC != 0 {
@@ -232,8 +262,13 @@ impl Types {
             && basicsize == lay.plain_basicsize
             && plain_mro(mem, it, word(&raw, tp::MRO as usize));
         let cached_keys = match lay.ht_cached_keys {
-            Some(off) if heap => mem.u64(addr + off).unwrap_or(0),
+            Some(off) if heap => mem.ptr(addr + off).unwrap_or(0),
             _ => 0,
+        };
+        let cached_entries = if cached_keys != 0 && lay.dict == super::layout::DictLayout::Py311 {
+            super::dicts::keys_311(mem, cached_keys).map_or(0, |k| k.nentries)
+        } else {
+            0
         };
         Some(TypeInfo {
             addr,
@@ -250,6 +285,7 @@ impl Types {
             heap,
             pre,
             cached_keys,
+            cached_entries,
             tp_members: word(&raw, tp::MEMBERS as usize),
             special,
         })
@@ -308,7 +344,7 @@ fn builtin_kind(b: &super::roots::Builtins, t: u64) -> Option<Kind> {
 /// `PyMemberDef` (40 bytes: name, type, offset, flags, doc) entries of
 /// type `T_OBJECT_EX` (16), until the NULL name.
 fn collect_slots(mem: &Mem, members: u64, out: &mut Vec<u32>) {
-    if members == 0 || !members.is_multiple_of(8) {
+    if !super::mem::valid_ptr(members) {
         return;
     }
     for i in 0..256u64 {
@@ -329,6 +365,9 @@ fn collect_slots(mem: &Mem, members: u64, out: &mut Vec<u32>) {
 /// The agent's plain-class test on the MRO tuple: ends with `object`,
 /// everything before it a heap type.
 fn plain_mro(mem: &Mem, it: &Interpreter, mro: u64) -> bool {
+    if !super::mem::valid_ptr(mro) {
+        return false;
+    }
     let Some(n) = mem.u64(mro + 16) else {
         return false;
     };

@@ -308,6 +308,13 @@ pub fn growth_view(rows: &[GrowthRow], ctx: &GrowthContext) -> String {
         "({cost}. SCORE = intervals with growth x net/total change x share of new objects still alive; >= {:.1}: growing steadily, marked ^)\n\n",
         crate::analysis::census::MONOTONIC_THRESHOLD
     ));
+    let mut warned: Vec<&String> = Vec::new();
+    for w in ctx.reads.iter().flat_map(|r| &r.warnings) {
+        if !warned.contains(&w) {
+            out.push_str(&format!("warning: {w}\n"));
+            warned.push(w);
+        }
+    }
     if rows.is_empty() {
         out.push_str("No type changed in count or size.\n");
         return out;
