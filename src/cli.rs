@@ -110,6 +110,9 @@ pub struct DoctorArgs {
     /// Allow one gc.collect() at the end to see what it frees (changes the target's heap).
     #[arg(long)]
     pub allow_collect: bool,
+    /// Take the censuses and collector reads with the injected agent instead of reading memory.
+    #[arg(long)]
+    pub inject: bool,
 }
 
 #[derive(Debug, Args)]

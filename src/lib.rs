@@ -17,6 +17,8 @@
 //!   framed protocol we speak with it over a Unix socket.
 //! - [`render`]: turning results into text tables and JSON.
 //! - [`commands`]: one thin module per subcommand tying the above together.
+//! - [`units`]: human-readable sizes, rates and durations, used by every
+//!   layer above.
 
 pub mod agent;
 pub mod analysis;
@@ -28,3 +30,4 @@ pub mod inject;
 pub mod process;
 pub mod python;
 pub mod render;
+pub mod units;

@@ -120,6 +120,7 @@ pub fn run(args: &DemoArgs) -> CmdResult {
         duration: args.duration,
         allow_collect: false,
         progress: !args.json && std::io::stderr().is_terminal(),
+        inject: false,
     };
     let report = investigate(&req, args.html.is_some());
     drop(service);

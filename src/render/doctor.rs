@@ -146,11 +146,20 @@ fn evidence(out: &mut String, f: &Finding) {
                     g.doing
                 ));
             }
-            if e.rss_bytes > 0 {
-                out.push_str(&format!(
-                    "{ind}their stacks and arenas: ~{} of RSS\n",
+            match &e.stacks {
+                Some(st) if e.rss_source == "stacks" => out.push_str(&format!(
+                    "{ind}their stacks: {} resident (+{} over the window) of {} reserved, in {} \
+                     stacks\n",
+                    units::bytes(st.rss),
+                    units::bytes(e.rss_bytes),
+                    units::bytes(st.size),
+                    num(u64::from(st.stacks))
+                )),
+                _ if e.rss_bytes > 0 => out.push_str(&format!(
+                    "{ind}their stacks and arenas: ~{} of RSS (estimated: smaps unreadable)\n",
                     units::bytes(e.rss_bytes)
-                ));
+                )),
+                _ => {}
             }
         }
         Evidence::Fds(e) => {
@@ -215,14 +224,39 @@ pub fn text(r: &Report) -> String {
         units::bytes(p.rss_bytes_start),
         units::bytes(p.rss_bytes_end)
     ));
-    if r.verdict == Verdict::Leak {
-        out.push_str(&format!(", growing {}", units::rate(p.growth_bytes_per_s)));
-        if let Some(d) = p.doubling_s {
+    match p.rss_slope_bytes_per_s {
+        Some(slope) if slope > 0.0 && (r.verdict == Verdict::Leak || slope >= 1024.0) => {
             out.push_str(&format!(
-                ": at this rate it doubles in {}",
-                units::duration(d)
+                "; growing {} (measured{})",
+                units::rate(slope),
+                p.rss_slope_window_s
+                    .map(|[a, b]| format!(" over {:.1}–{:.1} s", a, b))
+                    .unwrap_or_default()
             ));
+            if let Some(d) = p.doubling_s {
+                out.push_str(&format!(": it doubles in {}", units::duration(d)));
+            }
+            if r.verdict == Verdict::Leak {
+                out.push_str(&format!(
+                    "\nFindings: {} in all, {:.0}% of that",
+                    units::rate(p.growth_bytes_per_s),
+                    p.explained_share.unwrap_or(0.0) * 100.0
+                ));
+            }
         }
+        _ if r.verdict == Verdict::Leak => {
+            out.push_str(&format!(
+                ", findings add {}",
+                units::rate(p.growth_bytes_per_s)
+            ));
+            if let Some(d) = p.doubling_s {
+                out.push_str(&format!(
+                    ": at this rate it doubles in {}",
+                    units::duration(d)
+                ));
+            }
+        }
+        _ => {}
     }
     out.push('\n');
 
@@ -265,7 +299,57 @@ pub fn text(r: &Report) -> String {
         }
     }
     out.push('\n');
+    if let Some(h) = r.python.as_ref().and_then(|py| py.heap.as_ref()) {
+        let largest: Vec<String> = h
+            .largest
+            .iter()
+            .take(4)
+            .map(|t| format!("{} {}", t.name, units::bytes(t.bytes)))
+            .collect();
+        out.push_str(&format!(
+            "Heap at the last census: {} objects, {}; largest: {}\n",
+            thousands(h.objects.min(i64::MAX as u64) as i64),
+            units::bytes(h.bytes),
+            largest.join(", ")
+        ));
+    }
     match &r.python {
+        Some(py) if py.source == "memory" => {
+            let o = py.outside.clone().unwrap_or_default();
+            let agent = if py.attach_s > 0.0 {
+                format!(
+                    "; the agent ran the rest ({}), attached in {:.2} s ({})",
+                    agent_parts(py),
+                    py.attach_s,
+                    py.attach_method
+                )
+            } else {
+                "; no agent".to_string()
+            };
+            out.push_str(&format!(
+                "Cost to the target: {:.3} s in memsleuth's code with the GIL ({:.1}% of {:.1} s); \
+                 read from outside: {} {} {} and {} collector {} (threads paused {:.0} ms \
+                 in all, {:.0} ms at most){agent}\n",
+                py.gil_s,
+                py.gil_share * 100.0,
+                r.observed_s,
+                o.censuses,
+                if py.census_mode == "gc_only" {
+                    "gc-only"
+                } else {
+                    "complete"
+                },
+                if o.censuses == 1 {
+                    "census"
+                } else {
+                    "censuses"
+                },
+                o.gc_reads,
+                if o.gc_reads == 1 { "read" } else { "reads" },
+                o.paused_s * 1000.0,
+                o.max_pause_s * 1000.0,
+            ))
+        }
         Some(py) => out.push_str(&format!(
             "Cost to the target: {:.3} s in memsleuth's code with the GIL ({:.1}% of {:.1} s); \
              {} {} {}; attached in {:.2} s ({})\n",
@@ -289,4 +373,19 @@ pub fn text(r: &Report) -> String {
         None => out.push_str("Cost to the target: none (read from /proc only)\n"),
     }
     out
+}
+
+/// The parts the agent ran, for the cost line: "threads, retainer paths".
+fn agent_parts(py: &crate::analysis::doctor::report::PythonReport) -> String {
+    let parts: Vec<&str> = py
+        .gil_by_part
+        .iter()
+        .filter(|(k, v)| k.as_str() != "attach" && **v > 0.0)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if parts.is_empty() {
+        "nothing else".into()
+    } else {
+        parts.join(", ")
+    }
 }

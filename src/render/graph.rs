@@ -52,13 +52,8 @@ pub struct Graph {
     pub edges: Vec<Edge>,
 }
 
-/// Which renderer produced an SVG.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Engine {
-    Graphviz,
-    Builtin,
-}
+/// Which renderer produced an SVG (defined with `why`'s report data).
+pub use crate::analysis::refgraph::report::Engine;
 
 /// One label line made printable: control characters (and U+FFFE/U+FFFF,
 /// not allowed in XML) shown as escapes, capped to [`LABEL_CAP`] chars.

@@ -5,11 +5,17 @@
 # Appended to agent.py and run in the same namespace, so every global here is
 # prefixed `_census_`. Stdlib only, one source for 2.7 and 3.6-3.15.
 #
-# Op `census_reprs` {ids: [[id, type id or [type ids]], ...], cap, gc_only}:
+# Op `census_reprs` {ids: [[id, type id or [type ids]], ...], cap, gc_only,
+# payload, repr_ids}:
 # short reprs of the objects with those ids, found by scanning
 # gc.get_objects() (and, unless gc_only, their untracked referents); never
 # by casting an id to a pointer. An object whose type id is not one of the
-# expected ones (the id was reused) is reported as gone.
+# expected ones (the id was reused) is reported as gone. With `repr_ids`,
+# only those get a repr (the others just `found`). With `payload`, each
+# found object also gets the bytes and number of the untracked objects
+# only it holds (what gc-only censuses miss) and, on 3.11+, how many
+# attribute values it keeps outside its own getsizeof (managed dict
+# values): doctor turns both into bytes.
 
 def _census_repr_config(reprlib, maxstring, maxother, level, items):
     r = reprlib.Repr()
@@ -50,6 +56,61 @@ def _census_short_repr(o, cap, reprlib):
     if len(s) > cap:
         s = s[:max(cap - 3, 0)] + '...'
     return s
+
+
+def _census_values(o):
+    """Attribute values an instance keeps in managed dict storage (3.11+:
+    a values array, inline from 3.13) that its getsizeof does not count;
+    None for other objects. Counted as its referents other than its type,
+    never by touching `__dict__` (that would make a dict in the target)."""
+    if sys.version_info < (3, 11):
+        return None
+    t = type(o)
+    if not (getattr(t, '__flags__', 0) & (1 << 4)):  # Py_TPFLAGS_MANAGED_DICT
+        return None
+    return len([r for r in gc.get_referents(o) if r is not t])
+
+
+def _census_payloads(found, cap=20000):
+    """{id: [bytes, objects, values]}: the getsizeof bytes and number of
+    the untracked objects (str, bytes, bytearray, int, untracked tuples and
+    what they hold) each found object refers to that no other found object
+    reaches -- what a census of gc-tracked objects misses -- and its
+    managed dict values (`_census_values`). Shared ones (interned keys,
+    small ints, None) are reached from several samples and are not
+    counted. Bounded to `cap` per object."""
+    reached = {}
+    owners = {}
+    for key, o in found.items():
+        mine = {}
+        todo = [r for r in gc.get_referents(o) if not gc.is_tracked(r)]
+        while todo and len(mine) < cap:
+            r = todo.pop()
+            if id(r) in mine or issubclass(type(r), type):
+                continue
+            mine[id(r)] = r
+            if type(r) is tuple:
+                todo.extend(gc.get_referents(r))
+        for rid in mine:
+            owners[rid] = owners.get(rid, 0) + 1
+        reached[key] = mine
+    out = {}
+    for key, mine in reached.items():
+        total = 0
+        n = 0
+        for rid, r in mine.items():
+            if owners.get(rid) == 1:
+                try:
+                    total += sys.getsizeof(r)
+                    n += 1
+                except Exception:
+                    pass
+        try:
+            values = _census_values(found[key])
+        except Exception:
+            values = None
+        out[key] = [total, n, values]
+    return out
 
 
 def _census_reprs_op(agent, req):
@@ -95,13 +156,21 @@ def _census_reprs_op(agent, req):
             time.sleep(0)  # let the application's threads run
             seg = _clock()
     objs = None
+    payload = _census_payloads(found) if req.get('payload') else {}
+    repr_ids = req.get('repr_ids')
+    repr_ids = None if repr_ids is None else set([int(x) for x in repr_ids])
     out = []
     for i, tid in want.items():
         o = found.get(i)
         if o is None:
             out.append({'id': i, 'found': False, 'repr': None})
             continue
-        out.append({'id': i, 'found': True, 'repr': _census_short_repr(o, cap, reprlib)})
+        r = None
+        if repr_ids is None or i in repr_ids:
+            r = _census_short_repr(o, cap, reprlib)
+        p = payload.get(i) or [None, None, None]
+        out.append({'id': i, 'found': True, 'repr': r, 'payload': p[0],
+                    'payload_objects': p[1], 'values': p[2]})
     found = None
     max_hold = max(max_hold, _clock() - seg)
     return {'reprs': out, 'scanned': scanned, 'max_hold_s': max_hold,

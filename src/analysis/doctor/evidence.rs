@@ -27,6 +27,27 @@ pub struct TypeGrowth {
     pub steady: bool,
     /// Short reprs of instances that are new since the first census.
     pub samples: Vec<String>,
+    /// With gc-only censuses: the untracked objects (str, bytes, int, ...)
+    /// the new instances hold alone, estimated as count_delta times the
+    /// mean over sampled new instances (0 when not sampled, or when the
+    /// censuses were complete and counted them already). Part of the rate.
+    pub payload_bytes_delta: i64,
+    /// New instances the payload was measured on.
+    pub payload_sampled: usize,
+    /// Storage the new instances own that getsizeof does not count (3.11+:
+    /// managed dict values), count_delta times the sampled mean.
+    pub hidden_bytes_delta: i64,
+    /// What all of it (bytes_delta + payload + hidden) takes as the
+    /// allocators hand it out (pymalloc blocks, malloc chunks): the figure
+    /// the finding's rate sums. An estimate (see `footprint`).
+    pub footprint_bytes_delta: i64,
+}
+
+impl TypeGrowth {
+    /// What the type's growth costs in memory: its footprint.
+    pub fn total_bytes_delta(&self) -> i64 {
+        self.footprint_bytes_delta.max(0)
+    }
 }
 
 /// How sampled instances of the top type are held (from `why`).
@@ -136,9 +157,15 @@ pub struct ThreadGroup {
 pub struct ThreadsEvidence {
     pub threads: Change,
     pub new_threads: Vec<ThreadGroup>,
-    /// RSS (anonymous) the new threads are charged with, at most
-    /// THREAD_ALLOWANCE each.
+    /// RSS the new threads are charged with: the growth of their stacks'
+    /// resident pages (read from smaps), or — when smaps could not be read
+    /// — anonymous growth up to THREAD_ALLOWANCE per thread.
     pub rss_bytes: u64,
+    /// "stacks" (resident stack pages, measured) or "allowance".
+    pub rss_source: String,
+    /// Thread stacks at the end of the window: how many, resident and
+    /// reserved bytes (null without smaps).
+    pub stacks: Option<super::rates::StackSample>,
     /// Python objects that are the threads' own (Thread, frames, locks).
     pub handles: Vec<TypeGrowth>,
 }

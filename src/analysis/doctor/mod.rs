@@ -24,7 +24,9 @@
 //!    `allocator-retention` (informational).
 //!
 //! Findings are ranked by `rate_bytes_per_s`: the memory each makes the
-//! process grow by, per second.
+//! process grow by, per second. The headline sets their sum against the RSS
+//! slope measured over the steady part of the window ([`rates`]): how much
+//! of the growth the findings explain.
 
 use serde::Serialize;
 
@@ -32,12 +34,14 @@ use crate::analysis::allocator::{Mallinfo, PymallocStats};
 use crate::analysis::census::GrowthRow;
 use crate::analysis::classify::{self, Signal};
 use crate::analysis::gcstate::{GarbageScan, GcBasics};
+use crate::analysis::refgraph::report::WhyReport;
 use crate::process::sample::Sample;
 use crate::process::sysvipc::Segment;
-use crate::render::why::WhyReport;
 
 mod evidence;
+pub mod footprint;
 mod objects;
+pub mod rates;
 pub mod report;
 mod resources;
 #[cfg(test)]
@@ -46,7 +50,7 @@ mod verdict;
 
 pub use evidence::*;
 pub use objects::why_candidate;
-pub use verdict::{doubling_s, headline};
+pub use verdict::{doubling_s, explained_rate, explained_words, headline};
 
 /// A type must gain this many objects to be called growing.
 pub const MIN_TYPE_OBJECTS: u64 = 20;
@@ -203,6 +207,67 @@ pub struct PythonSide {
     pub allocator: Option<AllocatorState>,
     /// Retainer paths of the top growing type's new instances.
     pub why: Option<WhyReport>,
+    /// What sampled new instances hold, by type.
+    pub payload: Vec<Payload>,
+    /// The heap at the last census.
+    pub heap: Option<HeapTotals>,
+}
+
+/// The heap at one census: totals and the largest types by bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct HeapTotals {
+    pub objects: u64,
+    /// sys.getsizeof bytes.
+    pub bytes: u64,
+    /// Largest first, at most [`LARGEST_TYPES`].
+    pub largest: Vec<TypeTotal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct TypeTotal {
+    pub name: String,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// Types listed in [`HeapTotals::largest`].
+pub const LARGEST_TYPES: usize = 10;
+
+impl HeapTotals {
+    pub fn of(c: &crate::analysis::census::Census) -> HeapTotals {
+        let mut rows: Vec<&crate::analysis::census::TypeRow> = c.rows.iter().collect();
+        rows.sort_by(|a, b| b.size.cmp(&a.size).then(a.name.cmp(&b.name)));
+        HeapTotals {
+            objects: c.count,
+            bytes: c.size,
+            largest: rows
+                .into_iter()
+                .take(LARGEST_TYPES)
+                .map(|r| TypeTotal {
+                    name: r.name.clone(),
+                    count: r.count,
+                    bytes: r.size,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What sampled new instances of a growing type hold that their own
+/// getsizeof does not count: untracked objects (str, bytes, int, ... a
+/// gc-only census does not count) they hold alone, and attribute values
+/// kept in managed dict storage (3.11+).
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct Payload {
+    pub type_name: String,
+    /// Mean over the samples: getsizeof bytes of the untracked objects
+    /// held alone, per instance...
+    pub per_object: f64,
+    /// ...and how many objects that is.
+    pub objects_per_object: f64,
+    /// Mean managed dict values per instance (None: not such a type).
+    pub managed_values: Option<f64>,
+    pub sampled: usize,
 }
 
 /// A part of the investigation that did not run, and why.
@@ -227,6 +292,9 @@ pub struct Observation {
     /// not list threads).
     pub comm_first: Vec<String>,
     pub comm_last: Vec<String>,
+    /// Thread stacks read from smaps over the window (empty when smaps
+    /// could not be read: then a thread is charged THREAD_ALLOWANCE).
+    pub stacks: Vec<rates::StackSample>,
 }
 
 /// The outcome.
@@ -241,6 +309,8 @@ pub struct Diagnosis {
     pub notes: Vec<String>,
     /// The classifier's raw signals.
     pub signals: Vec<Signal>,
+    /// RSS growth measured over the steady part of the window.
+    pub rss_slope: Option<rates::RssSlope>,
 }
 
 /// Seconds → "4.0 s" for sentences.
@@ -280,12 +350,14 @@ pub fn diagnose(obs: &Observation) -> Diagnosis {
         findings.push(f);
     }
     let verdict = verdict::verdict(obs, &signals, &findings, &mut notes);
-    let headline = verdict::headline(obs, verdict, &findings);
+    let rss_slope = rates::rss_slope(obs);
+    let headline = verdict::headline(obs, verdict, &findings, rss_slope.as_ref());
     Diagnosis {
         verdict,
         headline,
         findings,
         notes,
         signals,
+        rss_slope,
     }
 }

@@ -2,11 +2,24 @@
 //! handles, and the garbage, collector and live-object findings.
 
 use super::evidence::*;
-use super::{Finding, Kind, MIN_GARBAGE, MIN_OBJECT_BYTES, MIN_TYPE_OBJECTS, PythonSide, secs};
+use super::{
+    Finding, Kind, MIN_GARBAGE, MIN_OBJECT_BYTES, MIN_TYPE_OBJECTS, Payload, PythonSide, secs,
+};
 use crate::analysis::census::{GrowthRow, growth_score, retention};
 use crate::analysis::classify::trend;
 use crate::analysis::refgraph::PathStatus;
-use crate::render::units;
+use crate::units;
+
+use super::footprint::{self, Allocator};
+
+/// An estimate in bytes as a whole number (saturating, never negative).
+fn whole(v: f64) -> i64 {
+    if v.is_finite() && v > 0.0 {
+        v.min(i64::MAX as f64) as i64
+    } else {
+        0
+    }
+}
 
 /// A type whose count (or bytes) rose steadily, and whether a finding has
 /// claimed it.
@@ -33,7 +46,19 @@ const MIN_CONSISTENCY: f64 = 0.5;
 /// list, dict or bytearray that keeps getting bigger).
 const MIN_TYPE_BYTES_ONLY: u64 = 64 * 1024;
 
-fn growth_of(row: &GrowthRow, times: &[f64]) -> Option<TypeGrowth> {
+/// How costs are counted: the interpreter's allocator and census mode.
+struct Costing {
+    alloc: Allocator,
+    version: (u32, u32, u32),
+    gc_only: bool,
+}
+
+fn growth_of(
+    row: &GrowthRow,
+    times: &[f64],
+    payload: Option<&Payload>,
+    costing: &Costing,
+) -> Option<TypeGrowth> {
     let n = times.len().min(row.counts.len()).min(row.sizes.len());
     if n < 2 {
         return None;
@@ -62,6 +87,20 @@ fn growth_of(row: &GrowthRow, times: &[f64]) -> Option<TypeGrowth> {
     let per_s = |d: i64| if span > 0.0 { d as f64 / span } else { 0.0 };
     let count_delta = row.counts[n - 1] as i64 - row.counts[0] as i64;
     let bytes_delta = row.sizes[n - 1] as i64 - row.sizes[0] as i64;
+    let mean = match (row.counts[n - 1], count_delta) {
+        (c, _) if c > 0 => row.sizes[n - 1] as f64 / c as f64,
+        (_, d) if d > 0 => bytes_delta as f64 / d as f64,
+        _ => 0.0,
+    };
+    let cost = footprint::cost(
+        &costing.alloc,
+        costing.version,
+        mean,
+        bytes_delta,
+        count_delta,
+        payload,
+        costing.gc_only,
+    );
     Some(TypeGrowth {
         name: row.name.clone(),
         module: row.module.clone(),
@@ -79,6 +118,10 @@ fn growth_of(row: &GrowthRow, times: &[f64]) -> Option<TypeGrowth> {
             .iter()
             .filter_map(|o| o.repr.clone())
             .collect(),
+        payload_bytes_delta: whole(cost.payload),
+        payload_sampled: payload.map_or(0, |p| p.sampled),
+        hidden_bytes_delta: whole(cost.hidden),
+        footprint_bytes_delta: whole(cost.footprint),
     })
 }
 
@@ -97,10 +140,18 @@ impl Ledger {
             (Some(a), Some(b)) => trend::span(*a, *b),
             _ => 0.0,
         };
+        let costing = Costing {
+            alloc: Allocator::for_version(py.version),
+            version: py.version,
+            gc_only: py.gc_only,
+        };
         let mut growing: Vec<Growing> = py
             .rows
             .iter()
-            .filter_map(|r| growth_of(r, &times))
+            .filter_map(|r| {
+                let p = py.payload.iter().find(|p| p.type_name == r.name);
+                growth_of(r, &times, p, &costing)
+            })
             .map(|g| Growing { g, taken: false })
             .collect();
         growing.sort_by_key(|t| std::cmp::Reverse(t.g.bytes_delta));
@@ -153,7 +204,7 @@ impl Ledger {
     }
 
     pub fn rate(&self, types: &[TypeGrowth]) -> f64 {
-        let bytes: i64 = types.iter().map(|t| t.bytes_delta.max(0)).sum();
+        let bytes: i64 = types.iter().map(TypeGrowth::total_bytes_delta).sum();
         if self.span > 0.0 {
             bytes as f64 / self.span
         } else {
@@ -214,7 +265,7 @@ fn retainers(py: &PythonSide, types: &[TypeGrowth]) -> (Vec<Retainer>, Option<St
         .iter()
         .take(5)
         .map(|g| Retainer {
-            sentence: crate::render::why::group_sentence(w, g),
+            sentence: crate::analysis::refgraph::report::group_sentence(w, g),
             held_by: g.held_by.clone(),
             path: g.pattern.clone(),
             status: status_name(g.status).to_string(),

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{Diagnosis, Finding, Observation, Skipped, Verdict, doubling_s};
+use super::{Diagnosis, Finding, Observation, Skipped, Verdict, doubling_s, explained_rate};
 use crate::analysis::classify::Signal;
 use crate::analysis::gcstate::CollectRaw;
 
@@ -22,8 +22,19 @@ pub struct ProcessReport {
     pub fds_end: Option<u64>,
     /// Sum of the leak findings' rates.
     pub growth_bytes_per_s: f64,
-    /// Seconds until RSS doubles at that rate (null when not growing).
+    /// Seconds until RSS doubles at the measured RSS slope (at
+    /// growth_bytes_per_s when no slope was measured; null when not
+    /// growing).
     pub doubling_s: Option<f64>,
+    /// RSS slope (Theil–Sen) over the steady part of the window: the
+    /// second half of the span between the agent's memory settling and the
+    /// closing reads. Null with fewer than 3 samples there.
+    pub rss_slope_bytes_per_s: Option<f64>,
+    /// The part of the window the slope was measured on, seconds.
+    pub rss_slope_window_s: Option<[f64; 2]>,
+    /// growth_bytes_per_s / rss_slope_bytes_per_s: the share of the
+    /// measured growth the findings explain (null unless RSS grows).
+    pub explained_share: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +60,31 @@ pub struct PythonReport {
     pub garbage_len: Option<u64>,
     /// With --allow-collect: what one gc.collect() at the end freed.
     pub collect: Option<CollectRaw>,
+    /// Where the censuses and the collector's counters came from: "memory"
+    /// (read from outside, no code in the target) or "agent".
+    pub source: String,
+    /// What was read from outside, when the source is "memory".
+    pub outside: Option<OutsideStats>,
+    /// The heap at the last census (null without one).
+    pub heap: Option<super::HeapTotals>,
+}
+
+/// What was read from outside over the window (the cost line says it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct OutsideStats {
+    pub censuses: usize,
+    pub gc_reads: usize,
+    /// The target's threads were stopped this long in all...
+    pub paused_s: f64,
+    /// ...and at most this long at once.
+    pub max_pause_s: f64,
+    /// Largest copy, bytes.
+    pub copied_bytes: u64,
+    /// Decoding in memsleuth (the target runs meanwhile).
+    pub walk_s: f64,
+    /// Objects the reader rejected as invalid, over all censuses.
+    pub skipped_objects: u64,
+    pub warnings: Vec<String>,
 }
 
 /// /proc counters over the window, for charts.
@@ -146,14 +182,17 @@ impl Report {
             (Some(a), Some(b)) => (b.t - a.t).max(0.0),
             _ => 0.0,
         };
-        let growth: f64 = d
-            .findings
-            .iter()
-            .filter(|f| !f.informational)
-            .map(|f| f.rate_bytes_per_s.max(0.0))
-            .sum();
+        let growth = explained_rate(&d.findings);
         process.growth_bytes_per_s = growth;
         process.doubling_s = doubling_s(process.rss_bytes_end, growth);
+        if let Some(s) = &d.rss_slope {
+            process.rss_slope_bytes_per_s = Some(s.bytes_per_s);
+            process.rss_slope_window_s = Some([s.from_s, s.to_s]);
+            if s.bytes_per_s > 0.0 {
+                process.explained_share = Some(growth / s.bytes_per_s);
+                process.doubling_s = doubling_s(process.rss_bytes_end, s.bytes_per_s);
+            }
+        }
         Report {
             schema: SCHEMA,
             verdict: d.verdict,

@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 
 use super::evidence::*;
 use super::objects::{Ledger, per_s};
+use super::rates::{self, StackSample};
 use super::{
     Finding, Kind, MIN_RETAINED, MIN_RETAINED_SHARE, OBJECT_OVERHEAD, Observation,
     THREAD_ALLOWANCE, ThreadInfo, UNTRACKED_ALLOWANCE, secs,
 };
 use crate::analysis::classify::{self, Change, Signal, trend};
 use crate::analysis::groups::Backing;
-use crate::render::units;
+use crate::units;
 
 /// Standard-library modules whose objects stand for a thread.
 const THREAD_MODULES: &[&str] = &[
@@ -286,6 +287,18 @@ fn thread_rss(signals: &[Signal]) -> u64 {
     added.map_or(0, |n| anon.min(n.saturating_mul(THREAD_ALLOWANCE)))
 }
 
+/// Growth of the thread stacks' resident bytes over the window and its
+/// rate (Theil–Sen), when smaps was read at least three times.
+fn stack_growth(stacks: &[StackSample]) -> Option<(u64, f64)> {
+    if stacks.len() < 3 {
+        return None;
+    }
+    let (a, b) = (stacks.first()?, stacks.last()?);
+    let pts: Vec<(f64, f64)> = stacks.iter().map(|s| (s.t, s.rss as f64)).collect();
+    let rate = rates::theil_sen(&pts)?.max(0.0);
+    Some((b.rss.saturating_sub(a.rss), rate))
+}
+
 pub fn threads(obs: &Observation, signals: &[Signal], ledger: &mut Ledger, out: &mut Vec<Finding>) {
     let Some((threads, window)) = signals.iter().find_map(|s| match s {
         Signal::ThreadGrowth {
@@ -296,12 +309,22 @@ pub fn threads(obs: &Observation, signals: &[Signal], ledger: &mut Ledger, out: 
         return;
     };
     let handles = ledger.take_handles(THREAD_MODULES, threads.delta, 12.0);
-    let rss = thread_rss(signals);
-    let rate = if window.seconds > 0.0 {
-        rss as f64 / window.seconds
-    } else {
-        0.0
-    } + ledger.rate(&handles);
+    // What the new threads' stacks made resident (a stack is reserved at
+    // its full size but only touched pages count), else the allowance.
+    let measured = stack_growth(&obs.stacks);
+    let (rss, stack_rate, source) = match measured {
+        Some((delta, rate)) => (delta, rate, "stacks"),
+        None => {
+            let rss = thread_rss(signals);
+            let rate = if window.seconds > 0.0 {
+                rss as f64 / window.seconds
+            } else {
+                0.0
+            };
+            (rss, rate, "allowance")
+        }
+    };
+    let rate = stack_rate + ledger.rate(&handles);
     let new_threads = match &obs.python {
         Some(py) if !py.threads_last.is_empty() => {
             let old: Vec<u64> = py.threads_first.iter().map(|t| t.ident).collect();
@@ -335,6 +358,8 @@ pub fn threads(obs: &Observation, signals: &[Signal], ledger: &mut Ledger, out: 
             threads,
             new_threads,
             rss_bytes: rss,
+            rss_source: source.into(),
+            stacks: obs.stacks.last().copied(),
             handles,
         }),
         next: vec![

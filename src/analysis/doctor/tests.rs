@@ -385,6 +385,9 @@ fn reports_follow_the_published_schema() {
             fds_end: Some(5),
             growth_bytes_per_s: 0.0,
             doubling_s: None,
+            rss_slope_bytes_per_s: None,
+            rss_slope_window_s: None,
+            explained_share: None,
         };
         let r = Report::new(&o, d, process, None);
         let v = serde_json::to_value(&r).unwrap();

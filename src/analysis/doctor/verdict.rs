@@ -1,8 +1,9 @@
 //! The verdict and the one-line headline.
 
+use super::rates::RssSlope;
 use super::{Finding, Observation, Verdict, secs};
 use crate::analysis::classify::{Signal, trend};
-use crate::render::units;
+use crate::units;
 
 /// RSS rise tolerated when Python objects could not be compared.
 const UNCOMPARED_RSS_NOISE: u64 = 64 * 1024;
@@ -50,7 +51,7 @@ pub fn verdict(
         if let Some((c, _)) = trend::rising(&rss, UNCOMPARED_RSS_NOISE) {
             notes.push(format!(
                 "RSS kept rising ({}) while the Python heap could not be compared.",
-                crate::render::units::bytes_delta(c.delta)
+                crate::units::bytes_delta(c.delta)
             ));
             return Verdict::Inconclusive;
         }
@@ -65,7 +66,59 @@ fn span(obs: &Observation) -> f64 {
     }
 }
 
-pub fn headline(obs: &Observation, verdict: Verdict, findings: &[Finding]) -> String {
+/// Sum of the leak findings' rates.
+pub fn explained_rate(findings: &[Finding]) -> f64 {
+    findings
+        .iter()
+        .filter(|f| !f.informational)
+        .map(|f| f.rate_bytes_per_s.max(0.0))
+        .filter(|r| r.is_finite())
+        .sum()
+}
+
+/// "RSS grows +1.8 MiB/s (doubles in 21 s); the findings explain 95% of
+/// it", when RSS measurably grows.
+fn growth_clause(obs: &Observation, findings: &[Finding], slope: Option<&RssSlope>) -> String {
+    let Some(s) = slope.filter(|s| s.bytes_per_s > 0.0 && s.bytes_per_s.is_finite()) else {
+        return String::new();
+    };
+    let rss = obs.samples.last().map_or(0, |x| x.status.vm_rss);
+    let doubles = doubling_s(rss, s.bytes_per_s)
+        .map(|d| format!(" (doubles in {})", units::duration(d)))
+        .unwrap_or_default();
+    format!(
+        ". RSS grows {}{doubles}; {}",
+        units::rate(s.bytes_per_s),
+        explained_words(explained_rate(findings), s.bytes_per_s)
+    )
+}
+
+/// How the findings' rate sum compares with the RSS slope, in words:
+/// "the findings explain 95% of it", or — when they add up to more than
+/// RSS grew — that the allocators are refilling memory they already held.
+pub fn explained_words(findings_rate: f64, slope: f64) -> String {
+    let share = if slope > 0.0 {
+        findings_rate / slope
+    } else {
+        0.0
+    };
+    if share > 1.5 {
+        format!(
+            "the findings add up to more ({}): the allocators are refilling memory they \
+             already held, and RSS will follow once it is used up",
+            units::rate(findings_rate)
+        )
+    } else {
+        format!("the findings explain {:.0}% of it", share * 100.0)
+    }
+}
+
+pub fn headline(
+    obs: &Observation,
+    verdict: Verdict,
+    findings: &[Finding],
+    slope: Option<&RssSlope>,
+) -> String {
     let leaks: Vec<&Finding> = findings.iter().filter(|f| !f.informational).collect();
     match verdict {
         Verdict::Leak => {
@@ -75,7 +128,8 @@ pub fn headline(obs: &Observation, verdict: Verdict, findings: &[Finding]) -> St
                 2 => " (and 1 more finding)".into(),
                 n => format!(" (and {} more findings)", n - 1),
             };
-            format!("Leak: {first}{more}")
+            let growth = growth_clause(obs, findings, slope);
+            format!("Leak: {first}{more}{growth}")
         }
         Verdict::NoLeak => {
             let rss = match (obs.samples.first(), obs.samples.last()) {

@@ -12,6 +12,7 @@
 //! `SRC DST... 0`; `types` chunks hold class ids.
 
 pub mod explain;
+pub mod report;
 
 mod aggregate;
 mod build;

@@ -12,6 +12,8 @@ use crate::analysis::doctor::{self, Observation};
 use crate::cli::{AttachArgs, DoctorArgs};
 
 pub mod observe;
+mod outside;
+mod payload;
 mod progress;
 mod session;
 
@@ -21,6 +23,8 @@ pub struct Request<'a> {
     pub duration: f64,
     pub allow_collect: bool,
     pub progress: bool,
+    /// Census with the agent even where the heap can be read from outside.
+    pub inject: bool,
 }
 
 fn process_report(obs: &Observation, pid: u32) -> ProcessReport {
@@ -38,6 +42,9 @@ fn process_report(obs: &Observation, pid: u32) -> ProcessReport {
         fds_end: last.and_then(|s| s.fd_count),
         growth_bytes_per_s: 0.0,
         doubling_s: None,
+        rss_slope_bytes_per_s: None,
+        rss_slope_window_s: None,
+        explained_share: None,
     }
 }
 
@@ -49,6 +56,7 @@ pub fn investigate(req: &Request, want_svg: bool) -> anyhow::Result<Report> {
         duration: req.duration,
         allow_collect: req.allow_collect,
         progress: req.progress,
+        inject: req.inject,
     };
     let (obs, extras) = observe::observe(pid, req.attach, &settings)?;
     let diagnosis = doctor::diagnose(&obs);
@@ -77,6 +85,13 @@ pub fn investigate(req: &Request, want_svg: bool) -> anyhow::Result<Report> {
         gc_enabled: py.gc.last().map(|(_, b)| b.enabled),
         garbage_len: py.gc.last().map(|(_, b)| b.garbage_len),
         collect: extras.collect.clone(),
+        source: if extras.outside.as_ref().is_some_and(|o| o.censuses > 0) {
+            "memory".into()
+        } else {
+            "agent".into()
+        },
+        outside: extras.outside.clone(),
+        heap: py.heap.clone(),
     });
     let mut report = Report::new(&obs, diagnosis, process_report(&obs, pid), python);
     if want_svg
@@ -118,6 +133,7 @@ pub fn run(args: &DoctorArgs) -> CmdResult {
         duration: args.duration,
         allow_collect: args.allow_collect,
         progress: !args.json && std::io::stderr().is_terminal(),
+        inject: args.inject,
     };
     let report = investigate(&req, args.html.is_some())?;
     emit(&report, args.json, args.html.as_deref())

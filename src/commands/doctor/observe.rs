@@ -1,18 +1,23 @@
 //! The watching: a /proc sampler thread (several samples a second, never
-//! touching the interpreter) and, on the main thread, one agent session
-//! that takes a few censuses, reads gc, lists threads, and at the end asks
-//! for the allocators' figures and the retainer paths of the top grower.
+//! touching the interpreter) and, on the main thread, the heap: censuses
+//! and collector reads from outside ([`super::outside`], the default where
+//! the reader supports the build) and one agent session for what needs the
+//! interpreter — thread names and stacks, what new objects hold, and at
+//! the end the allocators' figures and the retainer paths of the top
+//! grower. With `--inject` (or an unsupported build) the agent also takes
+//! the censuses and reads gc.
 //!
 //! The GIL budget: everything the session makes the target run stays below
-//! [`GIL_SHARE`] of the observation. The first census is measured; the
-//! number of later ones (and whether they are complete or gc-only, and
-//! whether `why` runs) follows from what is left.
+//! [`GIL_SHARE`] of the observation. With the agent's censuses the first
+//! one is measured; the number of later ones (and whether they are
+//! complete or gc-only, and whether `why` runs) follows from what is left.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::progress::Progress;
+use crate::analysis::doctor::rates::{StackSample, thread_stacks};
 use crate::analysis::doctor::{Observation, Skipped};
 use crate::analysis::gcstate::CollectRaw;
 use crate::process::Process;
@@ -41,6 +46,8 @@ pub struct Settings {
     pub duration: f64,
     pub allow_collect: bool,
     pub progress: bool,
+    /// Census with the agent even where the heap can be read from outside.
+    pub inject: bool,
 }
 
 /// What the report needs besides the observation.
@@ -56,6 +63,8 @@ pub struct Extras {
     pub why: Option<crate::render::why::WhyReport>,
     /// GIL time by part of the investigation (attach, censuses, ...).
     pub gil_parts: std::collections::BTreeMap<&'static str, f64>,
+    /// What was read from outside (censuses, collector), when it was.
+    pub outside: Option<super::outside::OutsideStats>,
 }
 
 /// Thread names from /proc (for thread findings without the agent).
@@ -89,15 +98,22 @@ fn fd_targets(proc: &Process) -> Vec<(String, u64)> {
     v
 }
 
-/// The sampler: runs until `stop`, pushing samples and drawing progress.
+/// Thread stacks are read from smaps this often (a page-table walk like
+/// smaps_rollup's, so not at every sample).
+const STACKS_EVERY: Duration = Duration::from_secs(1);
+
+/// The sampler: runs until `stop`, pushing samples (and thread-stack
+/// readings) and drawing progress.
 fn sampler(
     proc: Process,
     t0: Instant,
     end: Instant,
     samples: Arc<Mutex<Vec<Sample>>>,
+    stacks: Arc<Mutex<Vec<StackSample>>>,
     stop: Arc<AtomicBool>,
     mut progress: Progress,
 ) {
+    let mut next_stacks = Instant::now();
     let want = Want {
         rollup: true,
         maps: true,
@@ -117,6 +133,15 @@ fn sampler(
                 }
                 Err(_) => break, // the process is gone
             }
+            if now >= next_stacks || now >= end {
+                let t = t0.elapsed().as_secs_f64();
+                if let Ok(maps) = proc.smaps()
+                    && let Ok(mut v) = stacks.lock()
+                {
+                    v.push(thread_stacks(&maps, &stack_pointers(proc.pid), t));
+                }
+                next_stacks = now + STACKS_EVERY;
+            }
             next += SAMPLE_EVERY;
             if now >= end {
                 break;
@@ -125,6 +150,30 @@ fn sampler(
         std::thread::sleep(Duration::from_millis(20).min(next.saturating_duration_since(now)));
     }
     progress.clear();
+}
+
+/// Most threads whose stack pointer is read per smaps reading.
+const MAX_SP_THREADS: usize = 4096;
+
+/// The stack pointers of the process's threads but the main one, from
+/// /proc/PID/task/TID/syscall (threads on a CPU right now have none).
+pub(super) fn stack_pointers(pid: u32) -> Vec<u64> {
+    use crate::inject::threads::Activity;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&tid| tid != pid)
+        .take(MAX_SP_THREADS)
+        .filter_map(|tid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+            match Activity::parse(&text) {
+                Activity::Syscall { sp, .. } | Activity::NotInSyscall { sp, .. } => Some(sp),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 pub(super) fn wait_until(at: Instant) {
@@ -142,6 +191,7 @@ pub fn observe(
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(settings.duration);
     let samples = Arc::new(Mutex::new(Vec::new()));
+    let stacks = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let censuses_done = Arc::new(AtomicUsize::new(0));
     let progress = Progress::new(
@@ -152,10 +202,11 @@ pub fn observe(
     let comm_first = comm_names(pid);
     let handle = {
         let (samples, stop) = (Arc::clone(&samples), Arc::clone(&stop));
+        let stacks = Arc::clone(&stacks);
         let proc = Process::unchecked(pid);
         std::thread::Builder::new()
             .name("memsleuth-sampler".into())
-            .spawn(move || sampler(proc, t0, end, samples, stop, progress))?
+            .spawn(move || sampler(proc, t0, end, samples, stacks, stop, progress))?
     };
 
     let mut obs = Observation {
@@ -165,6 +216,24 @@ pub fn observe(
     let mut extras = Extras {
         census_mode: "complete",
         ..Default::default()
+    };
+    // The heap from outside wherever the reader supports this build.
+    let mut outside = if settings.inject {
+        None
+    } else {
+        match super::outside::Outside::open(pid) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                obs.skipped.push(Skipped {
+                    part: "reading the heap from outside".into(),
+                    reason: format!(
+                        "{}; the agent censuses it instead",
+                        crate::commands::error_sentence(&e).trim_end_matches('.')
+                    ),
+                });
+                None
+            }
+        }
     };
     match crate::inject::attach::attach(pid, &attach.options()) {
         Ok(mut attached) => {
@@ -178,6 +247,7 @@ pub fn observe(
                 &censuses_done,
                 &mut obs,
                 &mut extras,
+                outside.as_mut(),
             );
             if extras.gil_s == 0.0 {
                 extras.gil_s = attached.session.gil_used_s + attached.session.hello.gil_s.max(0.0);
@@ -199,13 +269,36 @@ pub fn observe(
                 });
             }
         }
-        Err(e) => {
-            obs.skipped.push(Skipped {
+        Err(e) => match outside.as_mut() {
+            // The heap from outside still: censuses, collector, garbage.
+            Some(o) => {
+                obs.skipped.push(Skipped {
+                    part: "the agent (thread names, allocators, retainer paths, what new \
+                           objects hold)"
+                        .into(),
+                    reason: crate::commands::error_sentence(&e.into()),
+                });
+                extras.version = Some({
+                    let v = o.version();
+                    format!("{}.{}.{}", v.0, v.1, v.2)
+                });
+                extras.method = Some("none: read from outside".into());
+                extras.census_mode = "complete";
+                match super::outside::alone(o, t0, end, &censuses_done) {
+                    Ok(py) => obs.python = Some(py),
+                    Err(e) => obs.skipped.push(Skipped {
+                        part: "python heap from outside".into(),
+                        reason: crate::commands::error_sentence(&e),
+                    }),
+                }
+            }
+            None => obs.skipped.push(Skipped {
                 part: "python heap (censuses, gc, threads, allocators)".into(),
                 reason: crate::commands::error_sentence(&e.into()),
-            });
-        }
+            }),
+        },
     }
+    extras.outside = outside.map(|o| o.stats);
     // The /proc side runs to the end whatever happened to the session.
     while Instant::now() < end + SAMPLE_EVERY && !handle.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
@@ -213,6 +306,7 @@ pub fn observe(
     stop.store(true, Ordering::Relaxed);
     let _ = handle.join();
     obs.samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    obs.stacks = std::mem::take(&mut *stacks.lock().unwrap_or_else(|e| e.into_inner()));
     obs.segments = crate::process::sysvipc::read();
     obs.fd_targets = fd_targets(&proc);
     obs.comm_first = comm_first;

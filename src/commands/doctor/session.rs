@@ -1,5 +1,6 @@
-//! The session part of doctor's observation: censuses on a GIL budget, gc
-//! and thread reads, and the closing reads (gc.garbage by type, the
+//! The session part of doctor's observation: censuses on a GIL budget (or
+//! from outside, see [`super::outside`]), gc and thread reads, and the
+//! closing reads (what new objects hold, gc.garbage by type, the
 //! allocators, the retainer walk). See [`super::observe`] for the budget.
 
 use std::sync::Mutex;
@@ -9,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::observe::{
-    COMPLETE_FACTOR, Extras, GARBAGE_SCAN, GC_EVERY, GIL_SHARE, MAX_CENSUSES, REPR_TYPES,
-    REPRS_PER_TYPE, Settings, WHY_DEPTH, WHY_SAMPLES, wait_until,
+    COMPLETE_FACTOR, Extras, GARBAGE_SCAN, GC_EVERY, GIL_SHARE, MAX_CENSUSES, Settings, WHY_DEPTH,
+    WHY_SAMPLES, wait_until,
 };
 use crate::agent::{Session, SessionError};
 use crate::analysis::census::{Census, CensusBuilder, growth_rows};
@@ -20,7 +21,6 @@ use crate::analysis::doctor::{
 };
 use crate::analysis::gcstate::{GcBasics, GcStateRaw};
 use crate::commands::gc::call;
-use crate::commands::growth::{file_new_objects, new_object_requests, reprs};
 use crate::commands::types::{CensusRequest, take_census};
 use crate::commands::why::collect as why_collect;
 use crate::inject::attach::Attached;
@@ -84,8 +84,10 @@ pub(super) fn watch(
     done: &AtomicUsize,
     obs: &mut Observation,
     extras: &mut Extras,
+    outside: Option<&mut super::outside::Outside>,
 ) -> anyhow::Result<()> {
     let duration = settings.duration;
+    let mut outside = outside;
     // Plan to 75% of the share: the parts that always run (the first
     // census, gc and thread reads) cannot be known in advance.
     let budget = duration * GIL_SHARE * 0.75;
@@ -115,7 +117,10 @@ pub(super) fn watch(
         py.gc.push((t, b));
         Ok(())
     };
-    gc(s, &mut py, extras)?;
+    match outside.as_deref_mut().and_then(|o| o.gc()) {
+        Some(b) => py.gc.push((since(Instant::now()), b)),
+        None => gc(s, &mut py, extras)?,
+    }
 
     // The GIL ledger: what each request kept the target in our code. For
     // censuses the agent's own hold total (the request's wall time also
@@ -123,177 +128,216 @@ pub(super) fn watch(
     let mut over = 0.0f64; // request time that was not a hold
     let spent = move |s: &Session, over: f64| (started + s.gil_used_s - over).max(0.0);
 
-    // The first census is gc-only (cheap), to learn what one costs here;
-    // complete censuses (which also count str, int, ... through the tracked
-    // objects' referents) take about COMPLETE_FACTOR times as long, so they are used
-    // only when the budget has room for a whole series of them.
+    // A large process may be large because its allocators keep freed
+    // memory: keep room to read them at the end.
+    let big = proc
+        .status()
+        .is_ok_and(|st| st.vm_rss >= crate::analysis::doctor::MIN_RETAINED);
     let mut req = CensusRequest {
         gc_only: true,
         collect: false,
         keep_ids: true,
         ids_by_call: false,
     };
-    let mut censuses: Vec<Census> = Vec::new();
-    let mut times: Vec<f64> = Vec::new();
-    let measure = |s: &mut Session,
-                   req: CensusRequest,
-                   over: &mut f64,
-                   extras: &mut Extras|
-     -> anyhow::Result<(Census, f64, f64)> {
-        let before = s.gil_used_s;
-        let t = since(Instant::now());
-        let c = if req.gc_only {
-            type_counts(s)?
-        } else {
-            take_census(s, req)?.0
-        };
-        let asked = s.gil_used_s - before;
-        // The agent's census hold excludes its socket writes; the request's
-        // CPU figure (when the agent could read one) excludes time off the
-        // CPU too. Whichever is smaller.
-        let cost = if c.stats.hold_total_s > 0.0 {
-            c.stats.hold_total_s.min(asked)
-        } else {
-            asked
-        };
-        *over += (asked - cost).max(0.0);
-        *extras.gil_parts.entry("censuses").or_default() += cost;
-        Ok((c, t, cost.max(1e-4)))
-    };
-    let (c, t, gc_cost) = measure(s, req, &mut over, extras)?;
-    let mut cost = gc_cost;
-    extras.census_max_hold_s = c.stats.max_hold_s;
-    censuses.push(c);
-    times.push(t);
-    done.store(1, Ordering::Relaxed);
-    // What is left, after reserving the retainer walk (about three gc-only
-    // censuses) and the closing reads.
-    // A large process may be large because its allocators keep freed
-    // memory: keep room to read them at the end.
-    let big = proc
-        .status()
-        .is_ok_and(|st| st.vm_rss >= crate::analysis::doctor::MIN_RETAINED);
-    let reserve = 3.0 * gc_cost + 0.01 + if big { 0.03 } else { 0.0 };
-    let room = |s: &Session, over: f64| budget - spent(s, over) - reserve;
-    if room(s, over) >= (MAX_CENSUSES as f64) * COMPLETE_FACTOR * gc_cost {
-        req.gc_only = false;
-        let (c, t, c_cost) = measure(s, req, &mut over, extras)?;
-        cost = c_cost;
-        extras.census_mode = "complete";
-        extras.census_max_hold_s = extras.census_max_hold_s.max(c.stats.max_hold_s);
-        censuses.clear();
-        times.clear();
-        censuses.push(c);
-        times.push(t);
-    } else {
+    let (censuses, times, gc_cost, cost, reserve) = if let Some(o) = outside.as_deref_mut() {
+        // From outside: censuses and the collector's counters cost the
+        // target no GIL; the agent stays idle until the closing reads, and
+        // then measures what new objects hold (see `Outside::gc_only`).
+        o.gc_only = true;
+        req.gc_only = true;
         extras.census_mode = "gc_only";
-    }
-    py.gc_only = req.gc_only;
-    // From here on the agent's own memory (its code, the census arrays) is
-    // in place: anonymous growth is judged from now.
-    py.settled_t = since(Instant::now());
-    let planned = ((room(s, over) / cost).floor().max(0.0) as usize).min(MAX_CENSUSES - 1);
-
-    // Later censuses evenly spread to the end, gc counters every GC_EVERY
-    // seconds throughout. A census that the budget no longer affords (the
-    // heap may have grown) is skipped, but the last one is kept if possible:
-    // the end point matters most.
-    let first_t = t0 + Duration::from_secs_f64(*times.last().unwrap_or(&0.0));
-    let tail = Duration::from_millis(300); // room for the closing requests
-    let last_at = end.checked_sub(tail).unwrap_or(end).max(first_t);
-    let span = last_at.saturating_duration_since(first_t);
-    let census_at: Vec<Instant> = (1..=planned)
-        .map(|k| first_t + span.mul_f64(k as f64 / planned as f64))
-        .collect();
-    let mut k = 0;
-    let mut next_gc = Instant::now() + Duration::from_secs_f64(GC_EVERY);
-    let mut skipped_censuses = 0;
-    loop {
-        let next_census = census_at.get(k).copied();
-        let gc_due = next_gc < last_at && next_census.is_none_or(|c| next_gc < c);
-        if gc_due {
-            wait_until(next_gc);
-            gc(s, &mut py, extras)?;
-            next_gc += Duration::from_secs_f64(GC_EVERY);
-            continue;
+        py.gc_only = true;
+        let (censuses, times) =
+            super::outside::window(o, t0, end, done, &mut py, &mut |py| gc(s, py, extras))?;
+        py.closing_t = since(Instant::now());
+        match o.gc() {
+            Some(b) => py.gc.push((py.closing_t, b)),
+            None => gc(s, &mut py, extras)?,
         }
-        let Some(at) = next_census else { break };
-        k += 1;
-        // A heap that grows makes the next census dearer: extrapolate.
-        let grown = match censuses.as_slice() {
-            [.., a, b] if a.stats.listed > 0 => {
-                (b.stats.listed as f64 / a.stats.listed as f64).clamp(1.0, 4.0)
-            }
-            _ => 1.0,
+        // What a gc-only census would cost in the agent (for the budget of
+        // the sampling and the retainer walk, which scan the heap as one
+        // does): about 0.4 us per tracked object, measured here.
+        let tracked = censuses.last().map_or(0, |c| c.tracked);
+        let gc_cost = (tracked as f64 * 4e-7).max(1e-3);
+        let reserve = 3.0 * gc_cost + 0.01 + if big { 0.03 } else { 0.0 };
+        (censuses, times, gc_cost, gc_cost, reserve)
+    } else {
+        // The first census is gc-only (cheap), to learn what one costs here;
+        // complete censuses (which also count str, int, ... through the tracked
+        // objects' referents) take about COMPLETE_FACTOR times as long, so they are used
+        // only when the budget has room for a whole series of them.
+        let mut censuses: Vec<Census> = Vec::new();
+        let mut times: Vec<f64> = Vec::new();
+        let measure = |s: &mut Session,
+                       req: CensusRequest,
+                       over: &mut f64,
+                       extras: &mut Extras|
+         -> anyhow::Result<(Census, f64, f64)> {
+            let before = s.gil_used_s;
+            let t = since(Instant::now());
+            let c = if req.gc_only {
+                type_counts(s)?
+            } else {
+                take_census(s, req)?.0
+            };
+            let asked = s.gil_used_s - before;
+            // The agent's census hold excludes its socket writes; the request's
+            // CPU figure (when the agent could read one) excludes time off the
+            // CPU too. Whichever is smaller.
+            let cost = if c.stats.hold_total_s > 0.0 {
+                c.stats.hold_total_s.min(asked)
+            } else {
+                asked
+            };
+            *over += (asked - cost).max(0.0);
+            *extras.gil_parts.entry("censuses").or_default() += cost;
+            Ok((c, t, cost.max(1e-4)))
         };
-        let next = cost * grown;
-        let left_after = (census_at.len() - k) as f64;
-        if room(s, over) < next * (1.0 + left_after.min(1.0) * grown) && left_after > 0.0 {
-            skipped_censuses += 1;
-            continue;
-        }
-        if room(s, over) < next {
-            skipped_censuses += 1;
-            continue;
-        }
-        wait_until(at);
-        let (c, t, c_cost) = measure(s, req, &mut over, extras)?;
-        cost = cost.max(c_cost);
-        extras.census_max_hold_s = extras.census_max_hold_s.max(c.stats.max_hold_s);
-        // Only the first and the latest keep their ids.
-        if censuses.len() >= 2
-            && let Some(prev) = censuses.last_mut()
-        {
-            prev.ids = None;
-        }
+        let (c, t, gc_cost) = measure(s, req, &mut over, extras)?;
+        let mut cost = gc_cost;
+        extras.census_max_hold_s = c.stats.max_hold_s;
         censuses.push(c);
         times.push(t);
-        done.store(censuses.len(), Ordering::Relaxed);
-    }
-    wait_until(last_at);
-    // The closing reads (gc.garbage, threads, allocators, the reference
-    // graph) allocate in the target: anonymous growth is judged before them.
-    py.closing_t = since(Instant::now());
-    gc(s, &mut py, extras)?;
-    if censuses.len() < 2 {
-        obs.skipped.push(Skipped {
-            part: "censuses".into(),
-            reason: format!(
-                "one census costs the target {cost:.3} s of GIL: a second one would take it past \
-                 {:.0}% of the {duration:.0} s observation; watch longer (--duration)",
-                GIL_SHARE * 100.0
-            ),
-        });
-    } else if skipped_censuses > 0 {
-        obs.skipped.push(Skipped {
-            part: format!("{skipped_censuses} of {planned} later censuses"),
-            reason: format!(
-                "censuses grew dearer as the heap grew ({cost:.3} s of GIL each); skipped to stay \
-                 under {:.0}% of the observation",
-                GIL_SHARE * 100.0
-            ),
-        });
-    }
+        done.store(1, Ordering::Relaxed);
+        // What is left, after reserving the retainer walk (about three gc-only
+        // censuses) and the closing reads.
+        let reserve = 3.0 * gc_cost + 0.01 + if big { 0.03 } else { 0.0 };
+        let room = |s: &Session, over: f64| budget - spent(s, over) - reserve;
+        if room(s, over) >= (MAX_CENSUSES as f64) * COMPLETE_FACTOR * gc_cost {
+            req.gc_only = false;
+            let (c, t, c_cost) = measure(s, req, &mut over, extras)?;
+            cost = c_cost;
+            extras.census_mode = "complete";
+            extras.census_max_hold_s = extras.census_max_hold_s.max(c.stats.max_hold_s);
+            censuses.clear();
+            times.clear();
+            censuses.push(c);
+            times.push(t);
+        } else {
+            extras.census_mode = "gc_only";
+        }
+        py.gc_only = req.gc_only;
+        // From here on the agent's own memory (its code, the census arrays) is
+        // in place: anonymous growth is judged from now.
+        py.settled_t = since(Instant::now());
+        let planned = ((room(s, over) / cost).floor().max(0.0) as usize).min(MAX_CENSUSES - 1);
+
+        // Later censuses evenly spread to the end, gc counters every GC_EVERY
+        // seconds throughout. A census that the budget no longer affords (the
+        // heap may have grown) is skipped, but the last one is kept if possible:
+        // the end point matters most.
+        let first_t = t0 + Duration::from_secs_f64(*times.last().unwrap_or(&0.0));
+        let tail = Duration::from_millis(300); // room for the closing requests
+        let last_at = end.checked_sub(tail).unwrap_or(end).max(first_t);
+        let span = last_at.saturating_duration_since(first_t);
+        let census_at: Vec<Instant> = (1..=planned)
+            .map(|k| first_t + span.mul_f64(k as f64 / planned as f64))
+            .collect();
+        let mut k = 0;
+        let mut next_gc = Instant::now() + Duration::from_secs_f64(GC_EVERY);
+        let mut skipped_censuses = 0;
+        loop {
+            let next_census = census_at.get(k).copied();
+            let gc_due = next_gc < last_at && next_census.is_none_or(|c| next_gc < c);
+            if gc_due {
+                wait_until(next_gc);
+                gc(s, &mut py, extras)?;
+                next_gc += Duration::from_secs_f64(GC_EVERY);
+                continue;
+            }
+            let Some(at) = next_census else { break };
+            k += 1;
+            // A heap that grows makes the next census dearer: extrapolate.
+            let grown = match censuses.as_slice() {
+                [.., a, b] if a.stats.listed > 0 => {
+                    (b.stats.listed as f64 / a.stats.listed as f64).clamp(1.0, 4.0)
+                }
+                _ => 1.0,
+            };
+            let next = cost * grown;
+            let left_after = (census_at.len() - k) as f64;
+            if room(s, over) < next * (1.0 + left_after.min(1.0) * grown) && left_after > 0.0 {
+                skipped_censuses += 1;
+                continue;
+            }
+            if room(s, over) < next {
+                skipped_censuses += 1;
+                continue;
+            }
+            wait_until(at);
+            let (c, t, c_cost) = measure(s, req, &mut over, extras)?;
+            cost = cost.max(c_cost);
+            extras.census_max_hold_s = extras.census_max_hold_s.max(c.stats.max_hold_s);
+            // Only the first and the latest keep their ids.
+            if censuses.len() >= 2
+                && let Some(prev) = censuses.last_mut()
+            {
+                prev.ids = None;
+            }
+            censuses.push(c);
+            times.push(t);
+            done.store(censuses.len(), Ordering::Relaxed);
+        }
+        wait_until(last_at);
+        // The closing reads (gc.garbage, threads, allocators, the reference
+        // graph) allocate in the target: anonymous growth is judged before them.
+        py.closing_t = since(Instant::now());
+        gc(s, &mut py, extras)?;
+        if censuses.len() < 2 {
+            obs.skipped.push(Skipped {
+                part: "censuses".into(),
+                reason: format!(
+                    "one census costs the target {cost:.3} s of GIL: a second one would take it past \
+                     {:.0}% of the {duration:.0} s observation; watch longer (--duration)",
+                    GIL_SHARE * 100.0
+                ),
+            });
+        } else if skipped_censuses > 0 {
+            obs.skipped.push(Skipped {
+                part: format!("{skipped_censuses} of {planned} later censuses"),
+                reason: format!(
+                    "censuses grew dearer as the heap grew ({cost:.3} s of GIL each); skipped to stay \
+                     under {:.0}% of the observation",
+                    GIL_SHARE * 100.0
+                ),
+            });
+        }
+        (censuses, times, gc_cost, cost, reserve)
+    };
+    let room = |s: &Session, over: f64| budget - spent(s, over) - reserve;
+    // Sampling new objects for what they hold (the rates need it) scans
+    // the heap about as a census does: it may use the retainer walk's
+    // reserve (the walk is then skipped, and the report says so).
+    let sample_reserve = 3.0 * gc_cost;
 
     let py_first_listed = censuses.first().map_or(0, |c| c.stats.listed);
     let py_last_listed = censuses.last().map_or(0, |c| c.stats.listed);
     let refs: Vec<&Census> = censuses.iter().collect();
     let mut rows = growth_rows(&refs);
-    // Reprs of new objects of the top steady growers.
+    // Reprs of new objects of the top steady growers, what they hold alone
+    // that gc-only censuses miss, and their managed dict values (3.11+).
     if let (Some(first), Some(last)) = (censuses.first(), censuses.last())
         && censuses.len() >= 2
     {
-        let (wanted, owner) = new_object_requests(&rows, first, last, REPR_TYPES, REPRS_PER_TYPE);
-        let (found, _) = if room(s, over) >= cost {
-            booked(s, &mut extras.gil_parts, "reprs", |s| {
-                reprs(s, &wanted, req.gc_only)
-            })?
+        if room(s, over) + sample_reserve >= cost {
+            py.payload = booked(s, &mut extras.gil_parts, "reprs", |s| {
+                super::payload::sample(s, &mut rows, first, last, req.gc_only)
+            })?;
         } else {
-            (Vec::new(), 0.0)
-        };
-        file_new_objects(&mut rows, &wanted, &owner, found);
+            obs.skipped.push(Skipped {
+                part: "what new objects hold".into(),
+                reason: format!(
+                    "sampling new objects would take the target past {:.0}% of the observation \
+                     in our code: the rates are estimated from the {} objects' own sizes (rounded \
+                     as the allocator does), without what they hold alone",
+                    GIL_SHARE * 100.0,
+                    if req.gc_only { "gc-tracked" } else { "counted" }
+                ),
+            });
+        }
     }
     py.census_bytes = censuses.iter().map(|c| c.size).collect();
+    py.heap = censuses.last().map(crate::analysis::doctor::HeapTotals::of);
     py.census_times = times;
     py.rows = rows;
     drop(censuses);
@@ -301,7 +345,16 @@ pub(super) fn watch(
     // gc.garbage by type: only when there is garbage to explain, and the
     // scan (about a microsecond per entry) fits.
     let garbage = py.gc.last().map_or(0, |(_, b)| b.garbage_len);
-    if garbage > 0 {
+    // From outside: names and counts. Python 2's causes (a class with
+    // `__del__`) need the interpreter, unless DEBUG_SAVEALL explains all.
+    let saveall = py.gc.iter().any(|(_, b)| b.saveall);
+    let from_memory = match outside.as_mut() {
+        Some(o) if garbage > 0 && (saveall || version.0 >= 3) => o.garbage(),
+        _ => None,
+    };
+    if from_memory.is_some() {
+        py.garbage = from_memory;
+    } else if garbage > 0 {
         let scan = garbage.min(GARBAGE_SCAN);
         if room(s, over) + reserve >= 0.005 + scan as f64 * 2e-6 {
             let last_gc: GcStateRaw = booked(s, &mut extras.gil_parts, "gc.garbage", |s| {

@@ -117,8 +117,21 @@ fn header(out: &mut String, r: &Report) {
             units::bytes(p.rss_bytes_end)
         )),
     );
+    if let Some(slope) = p.rss_slope_bytes_per_s
+        && slope > 0.0
+    {
+        fact(out, "RSS slope (measured)", &esc(&units::rate(slope)));
+    }
     if r.verdict == Verdict::Leak || p.growth_bytes_per_s > 0.0 {
-        fact(out, "growth", &esc(&units::rate(p.growth_bytes_per_s)));
+        let share = p
+            .explained_share
+            .map(|x| format!(" ({:.0}% of the RSS slope)", x * 100.0))
+            .unwrap_or_default();
+        fact(
+            out,
+            "findings explain",
+            &esc(&format!("{}{share}", units::rate(p.growth_bytes_per_s))),
+        );
     }
     if let Some(d) = p.doubling_s {
         fact(out, "RSS doubles in", &esc(&units::duration(d)));
@@ -292,6 +305,16 @@ fn footer(out: &mut String, r: &Report) {
                 fixed(py.attach_s, 2),
                 esc(&py.attach_method)
             );
+            if let Some(o) = py.outside.as_ref().filter(|_| py.source == "memory") {
+                let _ = write!(
+                    out,
+                    "; the censuses and {} collector reads were read from outside (no code in \
+                     the target; threads paused {} ms in all, {} ms at most)",
+                    o.gc_reads,
+                    fixed(o.paused_s * 1000.0, 0),
+                    fixed(o.max_pause_s * 1000.0, 0)
+                );
+            }
         }
         None => out.push_str("none: read from /proc only"),
     }

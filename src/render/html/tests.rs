@@ -26,6 +26,10 @@ fn tg(name: &str) -> TypeGrowth {
         score: 1.0,
         steady: true,
         samples: vec![format!("<{name} object at 0x7f> \"quoted\" & <b>bold</b>")],
+        payload_bytes_delta: 0,
+        payload_sampled: 0,
+        hidden_bytes_delta: 0,
+        footprint_bytes_delta: 8512,
     }
 }
 
@@ -96,6 +100,9 @@ fn report(findings: Vec<Finding>, series: Series, type_series: Vec<TypeSeries>) 
             fds_end: Some(6),
             growth_bytes_per_s: 2560.0,
             doubling_s: Some(7451.0),
+            rss_slope_bytes_per_s: Some(2700.0),
+            rss_slope_window_s: Some([5.0, 10.0]),
+            explained_share: Some(2560.0 / 2700.0),
         },
         python: Some(PythonReport {
             version: "3.11.7".into(),
@@ -110,6 +117,9 @@ fn report(findings: Vec<Finding>, series: Series, type_series: Vec<TypeSeries>) 
             gc_enabled: Some(true),
             garbage_len: Some(0),
             collect: None,
+            source: "agent".into(),
+            outside: None,
+            heap: None,
         }),
         observed_s: 8.0,
         skipped: vec![Skipped {
@@ -376,6 +386,13 @@ fn every_evidence_kind_renders() {
                     line: Some(25),
                 }],
                 rss_bytes: 37 << 20,
+                rss_source: "stacks".into(),
+                stacks: Some(crate::analysis::doctor::rates::StackSample {
+                    t: 9.5,
+                    stacks: 40,
+                    rss: 1 << 20,
+                    size: 320 << 20,
+                }),
                 handles: vec![],
             }),
         ),
