@@ -91,6 +91,25 @@ pub fn delta(new: u64, old: u64) -> i64 {
     (new as i128 - old as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
+/// 1234567 → "1,234,567".
+pub fn thousands(n: i64) -> String {
+    let out = thousands_u64(n.unsigned_abs());
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands_u64(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::render::units;
+use crate::units;
 
 /// `struct mallinfo2` (glibc 2.33+), or `struct mallinfo` widened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::process::maps::{Mapping, MemStats};
-use crate::render::units;
+use crate::units;
 
 /// glibc's HEAP_MAX_SIZE on 64-bit: each non-main arena heap reserves this
 /// much, aligned to it.

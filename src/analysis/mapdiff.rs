@@ -4,7 +4,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use super::groups::{Backing, Group};
-use crate::render::units::delta;
+use crate::units::delta;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupChange {

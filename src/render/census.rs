@@ -8,15 +8,7 @@ use crate::render::units;
 
 /// 1234567 → "1,234,567".
 pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    crate::units::thousands_u64(n)
 }
 
 fn signed_thousands(d: i64) -> String {

@@ -3,6 +3,7 @@
 use crate::analysis::gcstate::{Finding, GcReport, Severity};
 use crate::render::table::Table;
 use crate::render::units;
+pub use crate::units::thousands;
 
 /// Wraps `text` at `width` columns, the first line after `first`, the rest
 /// indented by `indent`.
@@ -26,19 +27,6 @@ pub fn wrap(text: &str, width: usize, first: &str, indent: &str) -> String {
     out.push_str(line.trim_end());
     out.push('\n');
     out
-}
-
-/// 1234567 → "1,234,567".
-pub fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
 }
 
 fn signed(n: i64) -> String {

@@ -2,7 +2,7 @@
 
 use super::{Change, Signal, Window};
 use crate::analysis::groups::Backing;
-use crate::render::units;
+use crate::units;
 
 impl Signal {
     /// One line in plain words.

@@ -2,7 +2,7 @@
 //! helpers they share.
 
 use super::{Finding, GarbageReason, GcReport, Severity};
-use crate::render::gcstate::thousands;
+use crate::units::thousands;
 
 fn num(n: u64) -> String {
     thousands(i64::try_from(n).unwrap_or(i64::MAX))
