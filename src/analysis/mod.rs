@@ -9,4 +9,5 @@ pub mod gcstate;
 pub mod groups;
 pub mod mapdiff;
 pub mod refgraph;
+pub mod retained;
 pub mod tracemalloc;

@@ -15,7 +15,7 @@ pub mod explain;
 
 mod aggregate;
 mod build;
-mod idmap;
+pub(crate) mod idmap;
 mod labels;
 mod names;
 mod search;
