@@ -250,6 +250,32 @@ fn spawn_target_env(interp: &Interpreter, env: &[(&str, &str)]) -> common::Targe
     t
 }
 
+/// Paths owned by uid 65534 under the target's `/tmp/memsleuth-*` (two
+/// levels deep), with their modification times.
+fn owned_by_nobody(pid: u32) -> std::collections::BTreeSet<(String, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let root = format!("/proc/{pid}/root/tmp");
+    let mut out = std::collections::BTreeSet::new();
+    for name in memsleuth_dirs(pid) {
+        let top = format!("{root}/{name}");
+        let mut paths = vec![top.clone()];
+        if let Ok(d) = std::fs::read_dir(&top) {
+            paths.extend(
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path().display().to_string()),
+            );
+        }
+        for p in paths {
+            if let Ok(m) = std::fs::symlink_metadata(&p)
+                && m.uid() == 65534
+            {
+                out.insert((p, m.mtime()));
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn unprivileged_user_gets_a_clear_error_and_leaves_nothing() {
     if Command::new("setpriv").arg("--version").output().is_err() {
@@ -257,6 +283,9 @@ fn unprivileged_user_gets_a_clear_error_and_leaves_nothing() {
     }
     let interp = &common::interpreters()[0];
     let t = spawn_target(interp, "idle", &["--main", "sleep"]).unwrap();
+    // Other tests (a target run as nobody in agent_session) may have left
+    // nobody's session directories; only new ones would be ours.
+    let before = owned_by_nobody(t.pid);
     let r = run(Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(env!("CARGO_BIN_EXE_memsleuth"))
@@ -268,16 +297,10 @@ fn unprivileged_user_gets_a_clear_error_and_leaves_nothing() {
         r.stderr
     );
     assert_eq!(r.stderr.lines().count(), 1, "one sentence: {}", r.stderr);
-    // Nothing was created as nobody (other tests' sessions, owned by root,
-    // may come and go meanwhile).
-    use std::os::unix::fs::MetadataExt;
-    for name in memsleuth_dirs(t.pid) {
-        let meta = std::fs::symlink_metadata(format!("/proc/{}/root/tmp/{name}", t.pid));
-        assert!(
-            meta.map(|m| m.uid() != 65534).unwrap_or(true),
-            "nobody left /tmp/{name}"
-        );
-    }
+    // Nothing was created as nobody by this run.
+    let after = owned_by_nobody(t.pid);
+    let new: Vec<_> = after.difference(&before).collect();
+    assert!(new.is_empty(), "nobody left {new:?}");
     assert!(t.is_alive());
 }
 
