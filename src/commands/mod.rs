@@ -13,6 +13,7 @@ pub mod info;
 pub mod maps;
 pub mod native;
 pub mod ps;
+pub mod retained;
 pub mod shell;
 pub mod shm;
 pub mod top;

@@ -7,6 +7,7 @@ pub mod gcstate;
 pub mod graph;
 pub mod html;
 pub mod maps;
+pub mod retained;
 pub mod table;
 pub mod tracemalloc;
 pub mod tui;

@@ -16,6 +16,65 @@ pub struct HeapGraphBuilder {
     roots: Vec<(u32, RootKind)>,
 }
 
+impl HeapGraph {
+    /// A graph from its nodes, its references as (source, referent) node
+    /// pairs in any order (out-of-range ones and self-references dropped)
+    /// and its roots.
+    pub fn from_parts(
+        addr: Vec<u64>,
+        ty: Vec<u32>,
+        size: Vec<u64>,
+        type_names: Vec<String>,
+        edges: impl Iterator<Item = (u32, u32)> + Clone,
+        roots: Vec<(u32, RootKind)>,
+    ) -> Result<HeapGraph, GraphError> {
+        let n = addr.len();
+        if n > MAX_NODES {
+            return Err(GraphError::TooLarge(MAX_NODES, "objects"));
+        }
+        let keep = |&(s, d): &(u32, u32)| s != d && (s as usize) < n && (d as usize) < n;
+        let mut off = vec![0u32; n + 1];
+        let mut m = 0usize;
+        for (s, _) in edges.clone().filter(keep) {
+            off[s as usize + 1] += 1;
+            m += 1;
+        }
+        if m > MAX_EDGES {
+            return Err(GraphError::TooLarge(MAX_EDGES, "references"));
+        }
+        for i in 0..n {
+            off[i + 1] += off[i];
+        }
+        let mut fill: Vec<u32> = off[..n].to_vec();
+        let mut dst = vec![0u32; m];
+        for (s, d) in edges.filter(keep) {
+            dst[fill[s as usize] as usize] = d;
+            fill[s as usize] += 1;
+        }
+        let mut g = HeapGraph {
+            addr,
+            ty,
+            size,
+            type_names,
+            off,
+            dst,
+            roots: Vec::new(),
+        };
+        g.roots = ordered_roots(roots, n);
+        Ok(g)
+    }
+}
+
+/// Roots in order of preference (modules, classes, sys.modules, frames,
+/// held from C; stable), each node once.
+fn ordered_roots(mut roots: Vec<(u32, RootKind)>, n: usize) -> Vec<(u32, RootKind)> {
+    roots.retain(|&(i, _)| (i as usize) < n);
+    roots.sort_by_key(|&(_, k)| k);
+    let mut seen = vec![false; n];
+    roots.retain(|&(i, _)| !std::mem::replace(&mut seen[i as usize], true));
+    roots
+}
+
 impl HeapGraphBuilder {
     pub fn with_capacity(nodes: usize) -> HeapGraphBuilder {
         HeapGraphBuilder {
@@ -142,14 +201,9 @@ impl HeapGraphBuilder {
         while self.off.len() <= n {
             self.off.push(self.dst.len() as u32);
         }
-        // Preference: modules, classes, sys.modules, frames (stable).
-        let mut roots = self.roots;
-        roots.sort_by_key(|&(_, k)| k);
-        let mut seen = vec![false; n];
-        roots.retain(|&(i, _)| !std::mem::replace(&mut seen[i as usize], true));
         self.g.off = self.off;
         self.g.dst = self.dst;
-        self.g.roots = roots;
+        self.g.roots = ordered_roots(self.roots, n);
         self.g
     }
 }

@@ -14,9 +14,10 @@
 //! The graph is compact (addresses, type indices and sizes per node,
 //! references as `u32` indices in CSR form) and every algorithm here is
 //! iterative: a 2M-object heap with million-long chains must not overflow
-//! the stack. Nothing here does I/O: the graph comes from the read-only
-//! heap reader (`crate::heap::graph`) or from tests.
+//! the stack. Nothing here does I/O: the graph comes from the agent's
+//! frames ([`agent`]) or from tests.
 
+pub mod agent;
 mod build;
 mod dominators;
 mod report;
@@ -88,6 +89,32 @@ impl HeapGraph {
             .and_then(|&t| self.type_names.get(t as usize))
             .map(String::as_str)
             .unwrap_or("?")
+    }
+
+    /// The node of the object at `addr` (a scan: for a few lookups).
+    pub fn node_of(&self, addr: u64) -> Option<u32> {
+        self.addr.iter().position(|&a| a == addr).map(|i| i as u32)
+    }
+
+    /// The nodes of several objects, in one pass.
+    pub fn nodes_of(&self, addrs: &[u64]) -> Vec<Option<u32>> {
+        let want: std::collections::HashMap<u64, usize> =
+            addrs.iter().enumerate().map(|(i, &a)| (a, i)).collect();
+        let mut out = vec![None; addrs.len()];
+        for (i, a) in self.addr.iter().enumerate() {
+            if let Some(&j) = want.get(a) {
+                out[j] = Some(i as u32);
+            }
+        }
+        // Repeated addresses get the node too.
+        for (j, a) in addrs.iter().enumerate() {
+            if out[j].is_none()
+                && let Some(&k) = want.get(a)
+            {
+                out[j] = out[k];
+            }
+        }
+        out
     }
 
     /// Sum of all shallow sizes.

@@ -125,28 +125,31 @@ fn namespaces(g: &HeapGraph, dom: &DomTree) -> Vec<bool> {
     ns
 }
 
-/// Breadth-first parents from all roots at once (roots in preference
-/// order): each node's shortest reference path back to a root.
+/// Breadth-first parents: each node's shortest reference path back to a
+/// named root (modules, classes, sys.modules, frames, in that preference),
+/// and only for what those do not reach, to an object held from C.
 fn bfs_parents(g: &HeapGraph, dom: &DomTree) -> (Vec<u32>, Vec<u8>) {
     let n = g.len();
     let mut parent = vec![SUPER_ROOT; n];
     let mut root_of = vec![u8::MAX; n];
     let mut queue: Vec<u32> = Vec::with_capacity(n);
-    for &(r, kind) in &dom.roots {
-        if root_of[r as usize] == u8::MAX {
-            root_of[r as usize] = kind as u8;
-            queue.push(r);
-        }
-    }
     let mut head = 0;
-    while head < queue.len() {
-        let v = queue[head];
-        head += 1;
-        for &w in g.referents(v) {
-            if root_of[w as usize] == u8::MAX {
-                root_of[w as usize] = root_of[v as usize];
-                parent[w as usize] = v;
-                queue.push(w);
+    for held_from_c in [false, true] {
+        for &(r, kind) in &dom.roots {
+            if (kind == RootKind::NoReferrer) == held_from_c && root_of[r as usize] == u8::MAX {
+                root_of[r as usize] = kind as u8;
+                queue.push(r);
+            }
+        }
+        while head < queue.len() {
+            let v = queue[head];
+            head += 1;
+            for &w in g.referents(v) {
+                if root_of[w as usize] == u8::MAX {
+                    root_of[w as usize] = root_of[v as usize];
+                    parent[w as usize] = v;
+                    queue.push(w);
+                }
             }
         }
     }

@@ -1,0 +1,6 @@
+"""A module for retained_target.py (not a target itself): module-level
+dicts of bytes payloads whose sizes the target reports."""
+
+_blobs = {}
+_left = {}
+_right = {}
