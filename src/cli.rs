@@ -201,6 +201,9 @@ pub struct WhyArgs {
     /// Print one JSON document instead of text (with --format dot/svg, the graph is in it).
     #[arg(long)]
     pub json: bool,
+    /// Skip the retained size of each holder (it walks the whole heap graph once more).
+    #[arg(long)]
+    pub no_retained: bool,
 }
 
 #[derive(Debug, Args)]

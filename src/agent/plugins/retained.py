@@ -131,10 +131,13 @@ class _ret_Graph(_census_Census):
         if len(objs) != len(orig):
             # What our objects refer to is explained by them: their
             # references count against reference counts (never shown).
+            # (Never the list of what goes out: it would end up in itself.)
             own = self.own
-            mine = [o for o in orig if id(o) in own]
-            self.edges(mine, list(t['map'](gc.get_referents, mine)))
-            mine = None
+            out = self.pending
+            mine = [o for o in orig if id(o) in own and o is not out]
+            refs = [[r for r in gc.get_referents(o) if r is not out] for o in mine]
+            self.edges(mine, refs)
+            mine = refs = out = None
         # Held by: the gc.get_objects() list, the chunk, maybe a filtered
         # copy of it, and the measuring itself.
         rc = _ret_refcounts(t, objs)
