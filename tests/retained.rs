@@ -146,6 +146,32 @@ fn module_dict_of_payloads_is_the_top_entry_and_shared_objects_belong_to_neither
             "[{interp}] text:\n{}",
             r.stdout
         );
+        // `why` names the holder of the boxes with its retained size.
+        let boxes: u64 = t.info_parse("boxes_id");
+        let boxes_bytes: u64 = t.info_parse("boxes_bytes");
+        let pid = t.pid.to_string();
+        let why = ["why", &pid, "--type", "PayloadBox", "--samples", "10"];
+        let r = run(memsleuth().args(why).arg("--json"));
+        assert_eq!(r.code, 0, "[{interp}] why: {}", r.stderr);
+        let w: Value = serde_json::from_str(&r.stdout).unwrap();
+        let h = &w["holders"][0];
+        assert_eq!(h["group"], 0, "[{interp}] {}", w["holders"]);
+        assert_eq!(h["id"].as_u64(), Some(boxes), "[{interp}] holder {h}");
+        let ratio = h["retained_bytes"].as_u64().unwrap() as f64 / boxes_bytes as f64;
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "[{interp}] why's holder retains {h}, true {boxes_bytes}"
+        );
+        let r = run(memsleuth().args(why));
+        assert!(
+            r.stdout.contains("held by payload_store._boxes")
+                && r.stdout.contains("would be freed with the list at"),
+            "[{interp}] why text:\n{}",
+            r.stdout
+        );
+        let r = run(memsleuth().args(why).arg("--no-retained").arg("--json"));
+        let w: Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(w["holders"], serde_json::json!([]), "[{interp}]");
         assert!(t.is_alive(), "[{interp}] the target died");
     });
 }

@@ -4,7 +4,9 @@ payload_store._right both hold one shared bytes object of --shared bytes
 (and a small payload of their own).
 
 Prints "blobs_id", "blobs_bytes" (sys.getsizeof of the dict, its keys and
-its values: what would be freed with it), "left_id", "right_id",
+its values: what would be freed with it), "boxes_id", "boxes_bytes" (the
+list payload_store._boxes of 50 PayloadBox objects holding 20000-byte
+payloads, and what it holds), "left_id", "right_id",
 "shared_id", "shared_bytes" before "ready <pid>".
 """
 from __future__ import print_function
@@ -29,6 +31,14 @@ def fill(count, size, shared_size):
     payload_store._right["own"] = b"r" * 1000
     _target.emit("blobs_id", id(blobs))
     _target.emit("blobs_bytes", total)
+    boxes = payload_store._boxes
+    for i in range(50):
+        boxes.append(payload_store.PayloadBox((b"%05d" % i) * 4000))
+    held = sys.getsizeof(boxes)
+    for b in boxes:
+        held += sys.getsizeof(b) + sys.getsizeof(b.payload)
+    _target.emit("boxes_id", id(boxes))
+    _target.emit("boxes_bytes", held)
     _target.emit("left_id", id(payload_store._left))
     _target.emit("right_id", id(payload_store._right))
     _target.emit("shared_id", id(shared))

@@ -53,8 +53,11 @@ class _ret_Graph(_census_Census):
         self.fingerprint = False
         self.n_edges = 0
         self.ov = 0
+        import operator
+        self.t['and_'] = operator.and_
         self.modules = []
         self.classes = []
+        self.seq_keys = set()
 
     def flush(self, extra=None):
         head = {'k': 'retained'}
@@ -66,7 +69,10 @@ class _ret_Graph(_census_Census):
         """An "e" segment: srcs[i] refers to lists[i]; returns them flat."""
         t = self.t
         counts = t['array'](t['tc'], t['map'](len, lists))
-        flat = list(t['chain'](lists))
+        return self.edges_flat(srcs, counts, list(t['chain'](lists)), rc, ov, flags)
+
+    def edges_flat(self, srcs, counts, flat, rc=None, ov=0, flags=0):
+        """An "e" segment: srcs[i] refers to the next counts[i] of flat."""
         self.pending.extend(srcs)
         self.pending.extend(flat)
         self.tail += _census_tobytes(counts)
@@ -114,6 +120,8 @@ class _ret_Graph(_census_Census):
 
     def chunk(self, objs):
         t = self.t
+        seq = (list, tuple, set, frozenset)
+        self.seq_keys = set([id(x) for x in seq]) if self.safe else set(seq)
         comp = t['compress']
         orig = objs
         tl, keys, present = self.describe(objs)
@@ -157,13 +165,58 @@ class _ret_Graph(_census_Census):
             if any(m):
                 self.classes.extend(t['map'](id, comp(objs, m)))
         m = None
-        flat = self.edges(objs, list(t['map'](gc.get_referents, objs)), rc, ov)
+        found = self.references(objs, tl, keys, present, rc, ov)
         rc = None
-        extra = self.extra_edges(objs, keys, present, 0)
+        found.extend(self.extra_edges(objs, keys, present, 0))
         tl = keys = present = objs = None
-        level = list(t['filterfalse'](gc.is_tracked, t['chain']([flat] + extra)))
-        flat = extra = None
+        level = list(t['filterfalse'](gc.is_tracked, t['chain'](found)))
+        found = None
         self.untracked(level)
+
+    def references(self, objs, tl, keys, present, rc, ov):
+        """The "e" segments of tracked objects; returns the references.
+        gc.get_referents(*many) is much cheaper than once per object, so
+        objects whose number of referents is known without asking go in
+        bulk: exact lists, tuples and sets (their length), and instances
+        of plain classes when all have as many as the first, with their
+        class last (checked for each)."""
+        t = self.t
+        comp = t['compress']
+        out = []
+        rest = None
+        seqs = self.mask(keys, present, self.seq_keys)
+        if seqs is not None:
+            part = list(comp(objs, seqs))
+            counts = t['array'](t['tc'], t['map'](len, part))
+            flat = gc.get_referents(*part)
+            if len(flat) == sum(counts):
+                out.append(self.edges_flat(part, counts, flat,
+                                           t['array'](t['tc'], comp(rc, seqs)), ov))
+                rest = list(t['map'](t['not_'], seqs))
+            part = flat = counts = None
+        plain = self.mask(keys, present, self.groups[_CENSUS_F_PLAIN])
+        if plain is not None and rest is not None:
+            plain = list(t['map'](t['and_'], plain, rest))
+        if plain is not None and any(plain):
+            inst = list(comp(objs, plain))
+            itl = list(comp(tl, plain))
+            k = len(gc.get_referents(inst[0]))
+            flat = gc.get_referents(*inst)
+            if k >= 1 and len(flat) == k * len(inst) and all(
+                    t['map'](t['is_'], flat[k - 1::k], itl)):
+                counts = t['array'](t['tc'], t['repeat'](k, len(inst)))
+                out.append(self.edges_flat(inst, counts, flat,
+                                           t['array'](t['tc'], comp(rc, plain)), ov))
+                done = list(t['map'](t['not_'], plain))
+                rest = done if rest is None else list(t['map'](t['and_'], rest, done))
+            inst = itl = flat = None
+        if rest is None:
+            out.append(self.edges(objs, list(t['map'](gc.get_referents, objs)), rc, ov))
+        elif any(rest):
+            part = list(comp(objs, rest))
+            out.append(self.edges(part, list(t['map'](gc.get_referents, part)),
+                                  t['array'](t['tc'], comp(rc, rest)), ov))
+        return out
 
     def untracked(self, level):
         """The untracked objects in level, and what untracked containers
