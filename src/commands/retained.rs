@@ -230,6 +230,7 @@ pub fn collect(attached: &mut Attached, limit: usize) -> anyhow::Result<Retained
         total_s: 0.0,
         gil_s: attached.session.gil_total_s,
         max_gil_hold_s: max_hold,
+        agent_cpu_s: r.agent.get("cpu_s").and_then(Value::as_f64),
     })
 }
 

@@ -87,6 +87,9 @@ pub struct RetainedReport {
     pub gil_s: f64,
     /// The longest the agent held the GIL without a break.
     pub max_gil_hold_s: f64,
+    /// CPU time of the agent's thread for the graph (3.7+; null before):
+    /// what it cost the target, whatever else the machine was doing.
+    pub agent_cpu_s: Option<f64>,
 }
 
 fn thousands(n: u64) -> String {

@@ -184,7 +184,7 @@ class _ret_Graph(_census_Census):
         comp = t['compress']
         out = []
         rest = None
-        seqs = self.mask(keys, present, self.seq_keys)
+        seqs = self.mask(keys, present, self.seq_keys) if self.req.get('bulk', True) else None
         if seqs is not None:
             part = list(comp(objs, seqs))
             counts = t['array'](t['tc'], t['map'](len, part))
@@ -195,6 +195,8 @@ class _ret_Graph(_census_Census):
                 rest = list(t['map'](t['not_'], seqs))
             part = flat = counts = None
         plain = self.mask(keys, present, self.groups[_CENSUS_F_PLAIN])
+        if not self.req.get('bulk', True):
+            plain = None
         if plain is not None and rest is not None:
             plain = list(t['map'](t['and_'], plain, rest))
         if plain is not None and any(plain):

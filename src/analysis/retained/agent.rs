@@ -492,3 +492,88 @@ impl AgentGraphBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn words(v: &[u64]) -> Vec<u8> {
+        v.iter().flat_map(|w| w.to_ne_bytes()).collect()
+    }
+
+    fn header(seg: Value) -> Value {
+        json!({"k": "retained", "v": 2, "w": 8, "le": cfg!(target_endian = "little"), "seg": seg})
+    }
+
+    /// A module (100) whose dict (200) holds a list (300) of two strs
+    /// (400, 500); the list's reference count says one more holder than
+    /// the dict: it is held from C too.
+    fn frame() -> (Value, Vec<u8>) {
+        let seg = json!([["t", 3], ["e", 3, 3, 3, 2, 0], ["u", 2, 0]]);
+        let mut ids = vec![100, 200, 300, 7, 8, 9]; // t: ids, tids
+        ids.extend([100, 200, 300, 200, 300, 400]); // e: srcs, dsts (list -> 400 only)
+        ids.extend([400, 500, 5, 5]); // u: ids, tids
+        let mut tail = vec![56, 200, 72]; // t: sizes
+        tail.extend([1, 1, 1]); // e: counts
+        tail.extend([2, 3, 4]); // e: refcounts (2 are ours)
+        tail.extend([60, 60]); // u: sizes
+        ids.extend(tail);
+        (header(seg), words(&ids))
+    }
+
+    fn answer() -> Value {
+        json!({
+            "types": [[7, null, "module", 0], [8, null, "dict", 16], [9, null, "list", 16], [5, null, "str", 0]],
+            "roots": [{"id": 100, "kind": "module", "name": "app"}],
+            "classes": [],
+        })
+    }
+
+    #[test]
+    fn builds_nodes_edges_sizes_and_roots() {
+        let mut b = AgentGraphBuilder::new();
+        let (h, p) = frame();
+        b.feed(&h, &p).unwrap();
+        let g = b.finish(&answer()).unwrap();
+        // 500 was described but nothing refers to it.
+        assert_eq!(g.graph.len(), 5);
+        assert_eq!(g.graph.edge_count(), 3);
+        let list = g.graph.node_of(300).unwrap();
+        assert_eq!(g.graph.size[list as usize], 72 + 16);
+        assert_eq!(g.graph.type_name(list), "list");
+        assert_eq!(g.stats.held_from_c, 1);
+        assert_eq!(g.stats.modules, 1);
+        let kinds: Vec<RootKind> = g.graph.roots().iter().map(|r| r.1).collect();
+        assert_eq!(kinds, vec![RootKind::Module, RootKind::NoReferrer]);
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_not_panics() {
+        let mut b = AgentGraphBuilder::new();
+        let (h, p) = frame();
+        assert!(b.feed(&h, &p[..p.len() - 8]).is_err());
+        assert!(
+            b.feed(
+                &header(json!([["e", 1, 1, 1, 0, 0]])),
+                &words(&[1, 2, 5, 0])
+            )
+            .is_err()
+        );
+        assert!(
+            b.feed(
+                &header(json!([["e", 2, 1, 1, 0, 0]])),
+                &words(&[1, 2, 3, 1, 0, 0])
+            )
+            .is_err()
+        );
+        assert!(b.feed(&header(json!([["x", 1]])), &words(&[1])).is_err());
+        let mut bad = h.clone();
+        bad["v"] = json!(1);
+        assert!(b.feed(&bad, &p).is_err());
+        bad = h.clone();
+        bad["w"] = json!(3);
+        assert!(b.feed(&bad, &p).is_err());
+        assert!(b.finish(&json!({})).is_err());
+    }
+}
