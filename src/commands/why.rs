@@ -136,8 +136,13 @@ pub fn run(args: &WhyArgs) -> CmdResult {
     }
     if !args.json {
         eprintln!(
-            "memsleuth: attach {:.2} s, graph {:.2} s, labels {:.2} s, analysis {:.2} s (GIL held in the target {:.2} s)",
-            report.attach_s, report.collect_s, report.labels_s, report.analysis_s, report.gil_s
+            "memsleuth: attach {:.2} s, graph {:.2} s, labels {:.2} s, analysis {:.2} s, retained sizes {:.2} s (GIL held in the target {:.2} s)",
+            report.attach_s,
+            report.collect_s,
+            report.labels_s,
+            report.analysis_s,
+            report.retained_s,
+            report.gil_s
         );
     }
     Ok(if found {
