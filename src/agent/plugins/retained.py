@@ -5,7 +5,7 @@
 # references, plus the roots). The agent collects, the tool computes: the
 # dominator tree and every size are worked out in Rust.
 #
-# Op `retained_graph` {chunk_s, chunk_max, mem_reads}: the census's walk
+# Op `retained_graph` {chunk_s, chunk_max, mem_reads, bulk}: the census's walk
 # (gc.get_objects() minus the agent's own objects, in chunks, untracked
 # referents followed a level at a time), frames as the census's ("k":
 # "retained", "v": 2) with two segment kinds the tool reads:
@@ -19,6 +19,12 @@
 #       (a root). fl bit 1: sources are untracked (repeats of one send the
 #       same list: the tool keeps the first); bit 2: extra references (dict
 #       keys, code constants) that are not counted against refcounts.
+# References are asked for in bulk (one gc.get_referents for many objects)
+# where the count per object is known: exact lists, tuples and sets, and
+# plain instances whose class comes last (bulk false: never, for
+# benchmarks). The agent's own objects are not sent, but their references
+# are (as sources the tool never sees described): what they hold is
+# explained by them.
 # Then the thread frames (except the agent's): a "u" segment and their
 # locals as references (3.11+ frames do not show them to the collector
 # while they run; a 3.10 running frame is not even tracked).
@@ -53,7 +59,10 @@ class _ret_Graph(_census_Census):
         self.fingerprint = False
         self.n_edges = 0
         self.ov = 0
-        import operator
+        try:
+            import _operator as operator
+        except ImportError:
+            import operator
         self.t['and_'] = operator.and_
         self.modules = []
         self.classes = []
