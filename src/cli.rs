@@ -2,10 +2,14 @@
 
 use clap::{Args, Parser, Subcommand};
 
+/// `0.1.0 (abc1234)`: the Cargo version and, when built from a git
+/// checkout, the commit (see build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("MEMSLEUTH_VERSION_SUFFIX"));
+
 #[derive(Debug, Parser)]
 #[command(
     name = "memsleuth",
-    version,
+    version = VERSION,
     about = "Find out why a running Python process keeps growing, without restarting it and without gdb.",
     propagate_version = true
 )]
@@ -52,6 +56,41 @@ pub enum Command {
     Native(NativeArgs),
     /// Browse the live heap interactively: types, growth, instances and why they are alive.
     View(ViewArgs),
+    /// Start a program that memsleuth can reach without ptrace: `run -- python app.py`.
+    Run(RunArgs),
+    /// Print a shell completion script: `source <(memsleuth completions bash)`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `memsleuth man | man -l -`.
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Keep the program running when the process that started `memsleuth run` exits (by default it gets SIGTERM then).
+    #[arg(long)]
+    pub survive_parent: bool,
+    /// The program and its arguments, e.g. `python app.py --port 8000` (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]

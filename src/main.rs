@@ -6,6 +6,8 @@ use memsleuth::commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A program started with `memsleuth run` reads its own /proc for us.
+    memsleuth::process::relay::set_provider(memsleuth::inject::launch::relay::relay_for);
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(&args),
         Command::Demo(args) => commands::demo::run(&args),
@@ -25,6 +27,9 @@ fn main() -> ExitCode {
         Command::Tracemalloc(args) => commands::tracemalloc::run(&args),
         Command::Native(args) => commands::native::run(&args),
         Command::View(args) => commands::view::run(&args),
+        Command::Run(args) => commands::run::run(&args),
+        Command::Completions(args) => commands::completions::run(&args),
+        Command::Man => commands::completions::man(),
     };
     match result {
         Ok(code) => code,

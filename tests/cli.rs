@@ -49,6 +49,7 @@ fn help_texts() {
         "tracemalloc",
         "native",
         "view",
+        "run",
     ] {
         snap!(
             format!("help_{sub}"),

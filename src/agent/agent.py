@@ -343,6 +343,54 @@ class _AgentError(Exception):
     pass
 
 
+class _UserError(Exception):
+    """Carries the error_info of an exception raised by the user's code
+    in an op that fails as a whole (eval), with our frames already cut."""
+    pass
+
+
+_NOT_FOUND = object()
+
+
+def _main_dict():
+    m = sys.modules.get('__main__')
+    d = getattr(m, '__dict__', None)
+    return d if isinstance(d, dict) else None
+
+
+def _falls_through(name):
+    """Names read from __main__ when the session lacks them: all but the
+    dunders (__builtins__, __name__, __annotations__, ... are the
+    session's own: a session's annotations must not land in __main__'s)."""
+    return isinstance(name, _text_types) and not (name[:2] == '__' and name[-2:] == '__')
+
+
+class _SessionNS(dict):
+    """The globals of exec, eval and the shell. What the session assigns
+    stays here; a name it lacks is read from the target's __main__, live,
+    at each read (3.x runs __missing__ for LOAD_NAME and for LOAD_GLOBAL
+    when globals is not an exact dict; 2.7's LOAD_GLOBAL does not, see
+    _Agent.mirror_main). Nothing is ever written to __main__.
+
+    Builtins are answered here too, after __main__ (the order Python would
+    use): at module level LOAD_NAME asks this dict twice, as locals and as
+    globals, so a builtin in a loop would otherwise cost two calls."""
+
+    __slots__ = ()
+
+    def __missing__(self, name):
+        if _falls_through(name):
+            d = _main_dict()
+            if d is not None:
+                v = d.get(name, _NOT_FOUND)
+                if v is not _NOT_FOUND:
+                    return v
+        v = _builtins.__dict__.get(name, _NOT_FOUND)
+        if v is not _NOT_FOUND:
+            return v
+        raise KeyError(name)
+
+
 class _Agent(object):
 
     def __init__(self, sock, params):
@@ -525,14 +573,14 @@ class _Agent(object):
         self.trace = bool(opts.get('trace'))
         self.repr_cap = int(opts.get('repr_cap', DEFAULT_REPR_CAP))
         self.output_cap = int(opts.get('output_cap', DEFAULT_OUTPUT_CAP))
-        self.ns = {
+        self.ns = _SessionNS({
             '__name__': '__memsleuth__',
             '__builtins__': _builtins,
             'gc': gc,
             'sys': sys,
             'os': os,
             'types_count': types_count,
-        }
+        })
         lc = sys.modules.get('linecache')
         if lc is not None:
             self.linecache_before = set(getattr(lc, 'cache', {}))
@@ -680,6 +728,9 @@ class _Agent(object):
                     raise _AgentError('unknown op %r' % (op,))
                 tail = ',"result":' + self.dumps(handler(header)) + '}'
                 ok = 'true'
+            except _UserError:
+                tail = ',"error":' + self.dumps(sys.exc_info()[1].args[0]) + '}'
+                ok = 'false'
             except BaseException:
                 tail = ',"error":' + self.dumps(self.error_info(sys.exc_info(), user=False)) + '}'
                 ok = 'false'
@@ -839,6 +890,36 @@ class _Agent(object):
         finally:
             etype = value = tb = exc_info = None
 
+    def mirror_main(self):
+        """2.7 only: copies __main__'s names the session lacks into its
+        namespace for the length of one request, because 2.7's LOAD_GLOBAL
+        reads globals with PyDict_GetItem (no __missing__): functions
+        defined in the session would not see them otherwise. So on 2.7 the
+        session reads __main__ as it was when the request started. Returns
+        {name: value} for unmirror_main."""
+        if not PY2:
+            return None
+        d = _main_dict()
+        if d is None:
+            return None
+        ns = self.ns
+        mirrored = {}
+        for k, v in list(d.items()):
+            if _falls_through(k) and k not in ns:
+                mirrored[k] = v
+        ns.update(mirrored)
+        return mirrored
+
+    def unmirror_main(self, mirrored):
+        """Takes back the copies the request left as they were; a name the
+        session rebound is the session's own now."""
+        if not mirrored:
+            return
+        ns = self.ns
+        for k, v in mirrored.items():
+            if ns.get(k, _NOT_FOUND) is v:
+                del ns[k]
+
     def begin_capture(self):
         cap = _Capture(self.output_cap)
         self.captures[self.ident] = cap
@@ -863,6 +944,7 @@ class _Agent(object):
         raised = False
         error = None
         cap = self.begin_capture()
+        mirrored = self.mirror_main()
         try:
             try:
                 compiled = compile(code, USER_FILE, mode, 0, True)
@@ -871,6 +953,7 @@ class _Agent(object):
                 raised = True
                 error = self.error_info(sys.exc_info())
         finally:
+            self.unmirror_main(mirrored)
             self.end_capture()
             compiled = None
         value_repr = None
@@ -890,12 +973,18 @@ class _Agent(object):
         if not isinstance(expr, _text_types):
             raise TypeError('expr must be a string')
         cap = self.begin_capture()
+        mirrored = self.mirror_main()
         try:
-            value = eval(compile(expr, USER_FILE, 'eval', 0, True), self.ns)
-            r = repr(value)
-            tname = _type_name(type(value))
-            value = None
+            try:
+                value = eval(compile(expr, USER_FILE, 'eval', 0, True), self.ns)
+                r = repr(value)
+                tname = _type_name(type(value))
+                value = None
+            except BaseException:
+                # The user's frames only: the op fails with this error.
+                raise _UserError(self.error_info(sys.exc_info()))
         finally:
+            self.unmirror_main(mirrored)
             self.end_capture()
         n = len(r)
         truncated = n > self.repr_cap

@@ -46,6 +46,13 @@ pub fn run(args: &InfoArgs) -> CmdResult {
     let proc = super::open(args.pid)?;
     let maps = proc.maps()?;
     let Some(py) = crate::python::detect(&proc, &maps)? else {
+        if let Some(sock) = crate::inject::launch::find(args.pid) {
+            anyhow::bail!(
+                "process {} does not let us read its binary (non-dumpable?), so info cannot describe it; it was started with `memsleuth run`, so exec, eval, types, doctor and the rest reach it through {}",
+                args.pid,
+                sock.socket_in_target()
+            );
+        }
         return Err(blocked
             .map(anyhow::Error::from)
             .unwrap_or_else(|| anyhow::anyhow!("process {} is not a Python process", args.pid)));
@@ -66,6 +73,9 @@ pub fn run(args: &InfoArgs) -> CmdResult {
         Vec::new()
     };
     let infos = threads::list(args.pid).unwrap_or_default();
+    // Started with `memsleuth run`: attach uses its socket, whatever ptrace allows.
+    let launched = crate::inject::launch::find(args.pid);
+    let blocked = if launched.is_some() { None } else { blocked };
     let views: Vec<ThreadView> = infos
         .iter()
         .map(|t| ThreadView {
@@ -89,7 +99,13 @@ pub fn run(args: &InfoArgs) -> CmdResult {
             BuildKind::Static => format!("the executable {}", py.binary.display()),
             BuildKind::SharedLib => format!("{}", py.binary.display()),
         },
-        attach_plan: plan(&py, pep.as_ref(), &infos),
+        attach_plan: match &launched {
+            Some(sock) => format!(
+                "the `memsleuth run` socket {} (no ptrace, no stop: its listener thread runs the request)",
+                sock.socket_in_target()
+            ),
+            None => plan(&py, pep.as_ref(), &infos),
+        },
         attach_blocked: blocked.map(|e| e.to_string()),
         pep768: pep,
         python: py,

@@ -3,6 +3,7 @@
 //! Commands write through [`Out`] so that a closed pipe ends the command
 //! quietly instead of panicking inside `println!`.
 
+pub mod completions;
 pub mod demo;
 pub mod doctor;
 pub mod eval;
@@ -14,6 +15,7 @@ pub mod maps;
 pub mod native;
 pub mod ps;
 pub mod retained;
+pub mod run;
 pub mod shell;
 pub mod shm;
 pub mod top;

@@ -2,6 +2,9 @@
 //! session.
 //!
 //! Order of preference:
+//! 0. The socket of a program started with `memsleuth run` (see
+//!    [`super::launch`]): no ptrace and no /proc/PID/mem at all, so it also
+//!    works where those are refused. Used whenever the pid has one.
 //! 1. PEP 768 (3.14+, remote debugging enabled): no ptrace stop at all. The
 //!    request runs when the chosen thread next evaluates bytecode, so it goes
 //!    to the main thread, or to a thread seen holding the GIL when main is
@@ -13,6 +16,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::launch::{self, LaunchError, LaunchSocket};
 use super::pep768::{self, Pep768Request, Pep768Status};
 use super::preflight::{self, PreflightError};
 use super::ptrace::PtraceError;
@@ -25,13 +29,15 @@ use crate::process::users;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MethodChoice {
-    /// PEP 768 when the target allows it, else ptrace.
+    /// The `memsleuth run` socket if the program has one; else PEP 768 when the target allows it, else ptrace.
     #[default]
     Auto,
     /// Only PEP 768 (3.14+).
     Pep768,
     /// Only ptrace, even on 3.14+.
     Ptrace,
+    /// Only the socket of a program started with `memsleuth run`.
+    Launch,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +77,8 @@ pub enum Method {
     PtracePending,
     /// The same, after making the main thread's lock wait return EINTR.
     PtracePendingNudged { tid: u32 },
+    /// The listener of a program started with `memsleuth run`.
+    Launched { socket: String },
 }
 
 impl std::fmt::Display for Method {
@@ -88,6 +96,7 @@ impl std::fmt::Display for Method {
                     "ptrace pending call, main thread {tid} nudged out of its lock wait"
                 )
             }
+            Method::Launched { socket } => write!(f, "memsleuth run socket {socket}"),
         }
     }
 }
@@ -102,6 +111,8 @@ pub enum AttachError {
     Pep768(#[from] pep768::Pep768Error),
     #[error(transparent)]
     Ptrace(#[from] PtraceError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
     #[error(
         "--method pep768 needs Python 3.14 or newer with remote debugging enabled, and process {pid} {why}; use --method auto"
     )]
@@ -120,7 +131,8 @@ pub struct Attached {
     /// The private directory the session used in the target's filesystem
     /// (already removed once the agent connected).
     pub session_dir: String,
-    target: preflight::Target,
+    /// What preflight learned (None for a launched program: no preflight).
+    target: Option<preflight::Target>,
     leftover_page: Option<(u64, usize)>,
     wait_detach: bool,
 }
@@ -136,19 +148,21 @@ impl Attached {
     pub fn detach(mut self) -> Result<(), AttachError> {
         let page = self.leftover_page.take();
         let session_result = self.session.detach();
-        if let Some(page) = page {
-            ptrace_path::unmap_leftover(&self.target.proc, &self.target.python, page)?;
+        if let (Some(page), Some(t)) = (page, &self.target) {
+            ptrace_path::unmap_leftover(&t.proc, &t.python, page)?;
         }
         let detached = session_result?;
         if self.wait_detach && detached.retire > Duration::ZERO {
-            wait_agent_thread_gone(&self.target.proc, &detached);
+            let proc = crate::process::Process::unchecked(self.pid);
+            wait_agent_thread_gone(&proc, &detached);
             trace(format_args!("agent thread gone"));
         }
         Ok(())
     }
 
-    pub fn python(&self) -> &crate::python::PythonProcess {
-        &self.target.python
+    /// The interpreter as preflight found it (None for a launched program).
+    pub fn python(&self) -> Option<&crate::python::PythonProcess> {
+        self.target.as_ref().map(|t| &t.python)
     }
 }
 
@@ -160,6 +174,24 @@ const PEP768_BUSY_WAIT: Duration = Duration::from_millis(1500);
 pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
     let started = Instant::now();
     trace(format_args!("pid {pid}: attach"));
+    // The one place that decides: the launch socket when the pid has one.
+    if matches!(opts.method, MethodChoice::Auto | MethodChoice::Launch) {
+        match launch::find(pid) {
+            Some(sock) => return attach_launched(pid, &sock, opts, started),
+            None if opts.method == MethodChoice::Launch => {
+                let uid = crate::process::Process::unchecked(pid)
+                    .status()
+                    .map_or_else(|_| users::our_uid(), |s| s.uid);
+                let dirs = launch::base_dirs(uid)
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                return Err(LaunchError::NoSocket { pid, dirs }.into());
+            }
+            None => {}
+        }
+    }
     let target = preflight::check(pid)?;
     trace(format_args!("pid {pid}: preflight done"));
     let mut listener = Listener::prepare(&target.proc, target.uid, target.gid)?;
@@ -234,8 +266,73 @@ pub fn attach(pid: u32, opts: &AttachOptions) -> Result<Attached, AttachError> {
         notes,
         pid,
         session_dir,
-        target,
+        target: Some(target),
         leftover_page,
+        wait_detach: opts.wait_detach,
+    })
+}
+
+/// A session through the listener of a program started with `memsleuth
+/// run`: the normal bootstrap and agent, sent over its socket instead of
+/// injected. The session's own socket goes in the launch directory.
+fn attach_launched(
+    pid: u32,
+    sock: &LaunchSocket,
+    opts: &AttachOptions,
+    started: Instant,
+) -> Result<Attached, AttachError> {
+    let proc = crate::process::Process::open(pid).map_err(PreflightError::from)?;
+    if let Ok(stat) = proc.stat()
+        && matches!(stat.state, 'T' | 't')
+    {
+        return Err(PreflightError::Stopped {
+            pid,
+            state: stat.state,
+        }
+        .into());
+    }
+    let mut listener =
+        Listener::prepare_in(&proc, &sock.dir, &sock.dir_in_target, sock.uid, sock.gid)?;
+    for (op, params) in &opts.pipeline {
+        if !listener.pipeline(op, params.clone()) {
+            break;
+        }
+    }
+    let code = listener.bootstrap_code(users::our_uid());
+    trace(format_args!(
+        "pid {pid}: launch socket found, bootstrap rendered"
+    ));
+    // The listener runs the bootstrap before it answers: the connection
+    // to our socket is queued by then.
+    drop(sock.run(
+        code.as_bytes(),
+        opts.timeout.saturating_sub(started.elapsed()),
+    )?);
+    let wait = opts
+        .timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(500));
+    if !listener.wait(wait)? {
+        return Err(SessionError::Timeout {
+            op: "connect".into(),
+            after: wait,
+        }
+        .into());
+    }
+    let session_dir = listener.dir_in_target().to_string();
+    let session = listener.into_session()?;
+    trace(format_args!("pid {pid}: hello received (launched)"));
+    Ok(Attached {
+        session,
+        method: Method::Launched {
+            socket: sock.socket_in_target(),
+        },
+        attach_s: started.elapsed().as_secs_f64(),
+        notes: Vec::new(),
+        pid,
+        session_dir,
+        target: None,
+        leftover_page: None,
         wait_detach: opts.wait_detach,
     })
 }

@@ -3,6 +3,7 @@
 //! without the GIL, or a pending call that runs at the interpreter's next
 //! safe point). Never gdb, never a call on a thread that may hold a lock.
 pub mod attach;
+pub mod launch;
 pub mod pep768;
 pub mod preflight;
 pub mod ptrace;

@@ -45,7 +45,7 @@ pub enum PreflightError {
         us: String,
     },
     #[error(
-        "process {pid} is not dumpable (setuid, or prctl(PR_SET_DUMPABLE, 0)), so only a process with CAP_SYS_PTRACE may attach; run memsleuth with sudo"
+        "process {pid} is not dumpable (setuid, or prctl(PR_SET_DUMPABLE, 0)), so only a process with CAP_SYS_PTRACE may attach; run memsleuth with sudo, or start the program with `memsleuth run -- python ...`"
     )]
     NonDumpable { pid: u32 },
     #[error(
@@ -53,11 +53,11 @@ pub enum PreflightError {
     )]
     ScopeAncestorsOnly { pid: u32 },
     #[error(
-        "kernel.yama.ptrace_scope is 2, so only processes with CAP_SYS_PTRACE may attach; run memsleuth with sudo (in a container: --cap-add=SYS_PTRACE)"
+        "kernel.yama.ptrace_scope is 2, so only processes with CAP_SYS_PTRACE may attach; run memsleuth with sudo (in a container: --cap-add=SYS_PTRACE), or start the program with `memsleuth run -- python ...`"
     )]
     ScopeAdminOnly,
     #[error(
-        "kernel.yama.ptrace_scope is 3, so no process may attach to another until the machine reboots; reboot with a lower setting to use memsleuth's attach commands (the /proc-only commands ps, top, maps and shm still work)"
+        "kernel.yama.ptrace_scope is 3, so no process may attach to another until the machine reboots; reboot with a lower setting, or start the program with `memsleuth run -- python ...` (the /proc-only commands ps, top, maps and shm still work)"
     )]
     ScopeNone,
     #[error(

@@ -8,6 +8,7 @@
 pub mod error;
 pub mod fds;
 pub mod maps;
+pub mod relay;
 pub mod sample;
 pub mod stat;
 pub mod status;
@@ -74,7 +75,31 @@ impl Process {
         });
         match result {
             Ok(_) => Ok(buf),
-            Err(err) => Err(self.diagnose(path, err)),
+            Err(err) => match self.relayed(name, &err, |r| r.read(name)) {
+                Some(bytes) => Ok(bytes),
+                None => Err(self.diagnose(path, err)),
+            },
+        }
+    }
+
+    /// When the kernel refuses us `name`, the answer of the process's own
+    /// relay (see [`relay`]), if it offers one and it answers.
+    pub(crate) fn relayed<T>(
+        &self,
+        name: &str,
+        err: &std::io::Error,
+        ask: impl FnOnce(&dyn relay::Relay) -> std::io::Result<T>,
+    ) -> Option<T> {
+        if !relay::is_refusal(err) || !relay::allowed(name) {
+            return None;
+        }
+        let r = relay::for_pid(self.pid)?;
+        match ask(&*r) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                relay::forget(self.pid);
+                None
+            }
         }
     }
 
@@ -143,7 +168,11 @@ impl Process {
     /// The target's executable path as the kernel reports it.
     pub fn exe(&self) -> Result<PathBuf, ProcError> {
         let path = self.path("exe");
-        std::fs::read_link(&path).map_err(|e| self.diagnose(path, e))
+        std::fs::read_link(&path).or_else(|e| {
+            self.relayed("exe", &e, |r| r.read_link("exe"))
+                .map(PathBuf::from)
+                .ok_or_else(|| self.diagnose(path, e))
+        })
     }
 
     /// The command line, NUL-separated arguments joined by spaces.

@@ -198,7 +198,7 @@ fn evidence(out: &mut String, f: &Finding) {
 pub fn text(r: &Report) -> String {
     let mut out = String::new();
     let p = &r.process;
-    let cmd: String = p.cmdline.chars().take(100).collect();
+    let cmd = units::clip_words(&p.cmdline, 100);
     out.push_str(&format!(
         "memsleuth doctor: pid {} ({cmd}){}, watched {:.1} s\n\n",
         p.pid,

@@ -18,8 +18,12 @@ _sh_max_matches = 1000
 def _sh_lookup_dotted(agent, parts):
     """Follows a plain dotted name (no calls, no subscripts)."""
     first = parts[0]
+    main = _main_dict()
     if first in agent.ns:
         obj = agent.ns[first]
+    elif _falls_through(first) and main is not None and first in main:
+        # What the session reads through to (see _SessionNS).
+        obj = main[first]
     elif hasattr(_builtins, first):
         obj = getattr(_builtins, first)
     else:
@@ -51,7 +55,9 @@ def _sh_complete(agent, req):
                 matches.add(head + '.' + n)
     else:
         import keyword
-        names = list(agent.ns) + dir(_builtins) + list(keyword.kwlist)
+        main = _main_dict() or {}
+        names = (list(agent.ns) + [n for n in list(main) if _falls_through(n)]
+                 + dir(_builtins) + list(keyword.kwlist))
         for n in names:
             if not isinstance(n, _text_types) or not n.startswith(text):
                 continue

@@ -159,6 +159,42 @@ impl Listener {
         Err(last_err.unwrap_or(SessionError::NotConnected))
     }
 
+    /// Like [`prepare`](Self::prepare), but the session directory goes in
+    /// `host_dir` (which the target sees as `dir_in_target`): the private
+    /// directory of a program started with `memsleuth run`, the one place
+    /// both sides are known to share when /proc/PID/root is closed to us.
+    pub fn prepare_in(
+        proc: &Process,
+        host_dir: &std::path::Path,
+        dir_in_target: &str,
+        target_uid: u32,
+        target_gid: u32,
+    ) -> Result<Listener> {
+        let base =
+            File::open(host_dir).map_err(setup_err(format!("open {}", host_dir.display())))?;
+        let (dir, listener) = Self::make_dir(base.as_raw_fd(), ".", target_uid, target_gid)?;
+        let token = hex(&random_bytes(32).map_err(setup_err("read /dev/urandom"))?);
+        let dir_in_target = format!("{}/{}", dir_in_target.trim_end_matches('/'), dir.name);
+        Ok(Listener {
+            target_pid: proc.pid,
+            target_ns_pid: ns_pid(proc),
+            target_uid,
+            target_gid,
+            dir,
+            dir_in_target,
+            listener: Some(listener),
+            token,
+            stream: None,
+            load_error: None,
+            rejected: 0,
+            options: LoadOptions {
+                trace: crate::inject::trace::enabled(),
+                ..LoadOptions::default()
+            },
+            pipelined: Vec::new(),
+        })
+    }
+
     fn make_dir(root: RawFd, cand: &str, uid: u32, gid: u32) -> Result<(SocketDir, UnixListener)> {
         let shown = |what: &str| format!("{what} in the target's /{cand}");
         let parent = open_dir_path(root, cand).map_err(setup_err(shown("open")))?;

@@ -49,6 +49,7 @@ fn method_word(m: &Method) -> String {
         Method::PtraceDirect { .. } => "ptrace call".into(),
         Method::PtracePending => "ptrace pending call".into(),
         Method::PtracePendingNudged { .. } => "ptrace pending call (nudged)".into(),
+        Method::Launched { .. } => "memsleuth run socket".into(),
     }
 }
 

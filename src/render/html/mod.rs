@@ -33,7 +33,7 @@ pub mod page;
 mod tests;
 
 use chart::{Chart, Line, PALETTE, Unit};
-use escape::{esc, esc_cap};
+use escape::esc;
 
 /// Element ids of the charts (stable: tests and users' scripts find them).
 pub const CHART_MEMORY: &str = "chart-memory";
@@ -98,7 +98,7 @@ fn header(out: &mut String, r: &Report) {
         "command line",
         &format!(
             "<code class=\"cmdline\">{}</code>",
-            esc_cap(&p.cmdline, 2000)
+            esc(&crate::render::units::clip_words(&p.cmdline, 2000))
         ),
     );
     if let Some(exe) = &p.exe {

@@ -487,3 +487,48 @@ fn real_graph_svgs_pass_the_inlining_check() {
         assert_sane(&html);
     }
 }
+
+#[test]
+fn long_command_lines_are_cut_between_words_and_marked() {
+    let mut r = report(vec![objects("app.UserSession")], series(3), Vec::new());
+    let words: Vec<String> = (0..400).map(|i| format!("--opt-{i}")).collect();
+    r.process.cmdline = format!("python3 -m service {}", words.join(" "));
+    // Text: one header line of at most 100 characters for the command.
+    let text = crate::render::doctor::text(&r);
+    let first = text.lines().next().unwrap();
+    let cmd = first
+        .split_once(" (")
+        .and_then(|(_, rest)| rest.split_once("), "))
+        .map(|(c, _)| c)
+        .unwrap();
+    assert!(cmd.ends_with(" …"), "{first}");
+    assert!(cmd.chars().count() <= 100, "{first}");
+    let last = cmd.trim_end_matches(" …").rsplit(' ').next().unwrap();
+    assert!(words.contains(&last.to_string()), "cut mid-word: {first}");
+    // HTML: the same rule at 2000 characters.
+    let html = report_html(&r);
+    let shown = html
+        .split_once("<code class=\"cmdline\">")
+        .and_then(|(_, rest)| rest.split_once("</code>"))
+        .map(|(c, _)| c)
+        .unwrap();
+    assert!(
+        shown.ends_with(" …") && shown.chars().count() <= 2000,
+        "{shown}"
+    );
+    let last = shown.trim_end_matches(" …").rsplit(' ').next().unwrap();
+    assert!(words.contains(&last.to_string()), "cut mid-word: {last}");
+    // Short ones are whole, unmarked.
+    r.process.cmdline = "python3 app.py --scenario sysv-shm".into();
+    assert!(crate::render::doctor::text(&r).contains("(python3 app.py --scenario sysv-shm)"));
+}
+
+#[test]
+fn doctor_header_with_a_long_command_line() {
+    let mut r = report(vec![objects("app.UserSession")], series(3), Vec::new());
+    r.process.cmdline = "/usr/bin/python3.11 -u /srv/app/demo/service.py --port 8080 --workers 4 \
+                         --scenario sysv-shm --rate 20"
+        .into();
+    let text = crate::render::doctor::text(&r);
+    insta::assert_snapshot!(text.lines().next().unwrap());
+}
