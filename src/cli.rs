@@ -139,8 +139,15 @@ pub enum SortBy {
 
 #[derive(Debug, Args)]
 pub struct TypesArgs {
+    /// The Python process (omit with --core).
+    #[arg(required_unless_present = "core", conflicts_with = "core")]
+    pub pid: Option<u32>,
     #[command(flatten)]
-    pub attach: AttachArgs,
+    pub attach: AttachTuning,
+    #[command(flatten)]
+    pub read: HeapReadArgs,
+    #[command(flatten)]
+    pub core: CoreArgs,
     /// Count only objects the garbage collector tracks (faster, no str/int/float...).
     #[arg(long)]
     pub gc_only: bool,
@@ -150,8 +157,8 @@ pub struct TypesArgs {
     /// Order by total size or by count.
     #[arg(long, value_enum, default_value_t = SortBy::Size)]
     pub sort: SortBy,
-    /// Run gc.collect() first, so unreachable cycles are not counted (changes the target's heap).
-    #[arg(long)]
+    /// Run gc.collect() first, so unreachable cycles are not counted (changes the target's heap; uses the agent).
+    #[arg(long, conflicts_with_all = ["read_only", "nonblocking", "core"])]
     pub collect: bool,
     /// Print one JSON document instead of a table.
     #[arg(long)]
@@ -162,14 +169,16 @@ pub struct TypesArgs {
 pub struct GrowthArgs {
     #[command(flatten)]
     pub attach: AttachArgs,
+    #[command(flatten)]
+    pub read: HeapReadArgs,
     /// Seconds between censuses.
     #[arg(long, default_value_t = 2.0, value_parser = parse_interval)]
     pub interval: f64,
     /// Number of censuses (at least 2).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub samples: u32,
-    /// Run gc.collect() before each census (hides garbage cycles; off by default).
-    #[arg(long)]
+    /// Run gc.collect() before each census (hides garbage cycles; off by default; uses the agent).
+    #[arg(long, conflicts_with_all = ["read_only", "nonblocking"])]
     pub collect: bool,
     /// Show this many types (0: all); applies to --json too.
     #[arg(long, default_value_t = 20)]
@@ -184,10 +193,17 @@ pub struct GrowthArgs {
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
+    /// The Python process (omit with --core).
+    #[arg(required_unless_present = "core", conflicts_with = "core")]
+    pub pid: Option<u32>,
     #[command(flatten)]
-    pub attach: AttachArgs,
-    /// Run gc.collect() and report what it freed.
-    #[arg(long)]
+    pub attach: AttachTuning,
+    #[command(flatten)]
+    pub read: HeapReadArgs,
+    #[command(flatten)]
+    pub core: CoreArgs,
+    /// Run gc.collect() and report what it freed (uses the agent).
+    #[arg(long, conflicts_with_all = ["read_only", "nonblocking", "core"])]
     pub collect: bool,
     /// Seconds between the two reads of the counters (what moves shows whether anything collects).
     #[arg(long, default_value_t = 0.2, value_parser = parse_interval)]
@@ -354,6 +370,57 @@ impl AttachArgs {
             method: self.method,
             wait_detach: self.wait_detach,
             pipeline: Vec::new(),
+        }
+    }
+}
+
+/// How the heap commands read the heap: from outside (the default where
+/// the build is supported) or with the injected agent.
+#[derive(Debug, Args)]
+pub struct HeapReadArgs {
+    /// Only read the heap from outside, never run code in the target (the default where supported; no fallback to the agent).
+    #[arg(long, conflicts_with = "inject")]
+    pub read_only: bool,
+    /// Take the census with the agent injected into the target instead of reading its memory from outside.
+    #[arg(long)]
+    pub inject: bool,
+    /// Read from outside without pausing the target's threads (objects changing meanwhile are skipped, with a warning).
+    #[arg(long, conflicts_with = "inject")]
+    pub nonblocking: bool,
+}
+
+/// A core dump instead of a live process (read-only).
+#[derive(Debug, Args)]
+pub struct CoreArgs {
+    /// Read an ELF core file (e.g. from gcore) instead of a live process.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["inject", "nonblocking"])]
+    pub core: Option<std::path::PathBuf>,
+    /// With --core: the executable the core was made from, when not at the path the core names.
+    #[arg(long, value_name = "PATH", requires = "core", conflicts_with = "pid")]
+    pub exe: Option<std::path::PathBuf>,
+}
+
+/// [`AttachArgs`] without the pid, for commands that can also read a core.
+#[derive(Debug, Args)]
+pub struct AttachTuning {
+    /// Seconds to wait for the interpreter to reach a safe point (with the agent).
+    #[arg(long, default_value_t = 5.0, value_parser = parse_interval)]
+    pub timeout: f64,
+    /// How the agent gets in: PEP 768 when possible (auto), or force one way.
+    #[arg(long, value_enum, default_value_t = crate::inject::attach::MethodChoice::Auto)]
+    pub method: crate::inject::attach::MethodChoice,
+    /// Before exiting, wait until the agent's thread has ended (with the agent).
+    #[arg(long)]
+    pub wait_detach: bool,
+}
+
+impl AttachTuning {
+    pub fn with_pid(&self, pid: u32) -> AttachArgs {
+        AttachArgs {
+            pid,
+            timeout: self.timeout,
+            method: self.method,
+            wait_detach: self.wait_detach,
         }
     }
 }

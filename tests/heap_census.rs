@@ -219,7 +219,9 @@ fn types_counts_match_a_reference_census_in_the_target() {
         assert_eq!(gc_only["total"]["untracked"], 0);
 
         // The text table too.
-        let r = run(memsleuth().args(["types", "--limit", "40", "--sort", "count", &pid]));
+        let r = run(memsleuth().args([
+            "types", "--inject", "--limit", "40", "--sort", "count", &pid,
+        ]));
         assert_eq!(r.code, 0, "[{label}] {}", r.stderr);
         assert!(
             r.stdout.starts_with("Python objects: "),
@@ -339,6 +341,7 @@ fn growth_json(label: &str, pid: u32) -> Value {
         label,
         &[
             "growth",
+            "--inject",
             "--json",
             "--interval",
             "1",
@@ -455,13 +458,14 @@ fn censuses_leave_the_target_as_it_was() {
         .unwrap();
         let pid = t.pid.to_string();
         let before = t.report_state();
-        let r = run(memsleuth().args(["types", &pid]));
+        let r = run(memsleuth().args(["types", "--inject", &pid]));
         assert_eq!(r.code, 0, "[{label}] {}", r.stderr);
-        let r = run(memsleuth().args(["types", "--gc-only", "--json", &pid]));
+        let r = run(memsleuth().args(["types", "--inject", "--gc-only", "--json", &pid]));
         assert_eq!(r.code, 0, "[{label}] {}", r.stderr);
         // --wait-detach: memsleuth exits once the agent's thread has ended.
         let r = run(memsleuth().args([
             "growth",
+            "--inject",
             "--interval",
             "0.3",
             "--samples",
@@ -517,6 +521,8 @@ fn types_view_of_a_recorded_census() {
         limit: 15,
         by_count: false,
         census_s: 0.082,
+        read: None,
+        core: None,
     };
     insta::assert_snapshot!("types_by_size", types_view(&c, &ctx));
     let ctx = TypesContext {
@@ -563,6 +569,7 @@ fn growth_view_of_recorded_censuses() {
             .map(|t| t.as_u64().unwrap())
             .collect(),
         gc_only: false,
+        reads: Vec::new(),
         collect: false,
         limit: 12,
         max_hold_s: 0.031,

@@ -57,7 +57,12 @@ fn gc_sees_a_disabled_collector() {
     for_each_interpreter(|interp| {
         let t = spawn_target(interp, "gc_disabled", &[]).unwrap();
         let pid = t.pid.to_string();
-        let v = json_of(interp, &t, &["gc", &pid, "--interval", "1"], None);
+        let v = json_of(
+            interp,
+            &t,
+            &["gc", "--inject", &pid, "--interval", "1"],
+            None,
+        );
         assert_eq!(v["enabled"], false, "[{interp}]");
         let (c0, c1) = (
             v["count"][0].as_i64().unwrap(),
@@ -89,7 +94,7 @@ fn gc_sees_a_disabled_collector() {
         );
         // Text output names it too, and the target is unharmed and still
         // has its collector off (we changed nothing).
-        let r = run(memsleuth().args(["gc", &pid]));
+        let r = run(memsleuth().args(["gc", "--inject", &pid]));
         assert_eq!(r.code, 0, "[{interp}] {}", r.stderr);
         assert!(
             r.stdout.contains("OFF (gc.disable() was called)"),
@@ -157,7 +162,12 @@ fn gc_explains_del_cycles_on_2_7_only() {
     for_each_interpreter(|interp| {
         let t = spawn_target(interp, "gc_del_cycles", &[]).unwrap();
         let pid = t.pid.to_string();
-        let v = json_of(interp, &t, &["gc", &pid, "--interval", "1"], None);
+        let v = json_of(
+            interp,
+            &t,
+            &["gc", "--inject", &pid, "--interval", "1"],
+            None,
+        );
         let k = kinds(&v);
         let g = &v["garbage"];
         if interp.version.0 == 2 {
@@ -203,7 +213,12 @@ fn gc_names_legacy_tp_del_types() {
             return;
         };
         let pid = t.pid.to_string();
-        let v = json_of(interp, &t, &["gc", &pid, "--interval", "1"], None);
+        let v = json_of(
+            interp,
+            &t,
+            &["gc", "--inject", &pid, "--interval", "1"],
+            None,
+        );
         let k = kinds(&v);
         assert_eq!(k[0], "legacy_tp_del", "[{interp}] {k:?}");
         assert!(

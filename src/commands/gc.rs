@@ -11,6 +11,7 @@ use super::{CmdResult, Out};
 use crate::agent::Session;
 use crate::analysis::gcstate::{self, CollectRaw, CollectReport, GcBasics, GcStateRaw, Meta};
 use crate::cli::GcArgs;
+use crate::heap::source::Source;
 use crate::process::Process;
 
 /// Runs one of the plugin ops and decodes its result; an exception in the
@@ -57,11 +58,30 @@ pub(crate) fn rss(proc: &Process) -> anyhow::Result<(u64, u64)> {
 }
 
 pub fn run(args: &GcArgs) -> CmdResult {
-    let proc = super::open(args.attach.pid)?;
     let interval = Duration::from_secs_f64(args.interval);
-    let report = super::with_session(&args.attach, |attached| {
-        read_report(attached, &proc, args.limit, interval, args.collect)
-    })?;
+    let report = if let Some(core) = &args.core.core {
+        let source = Source::Core {
+            core: core.clone(),
+            exe: args.core.exe.clone(),
+        };
+        super::gc_outside::report(&source, args.limit, interval)?
+    } else {
+        let pid = args
+            .pid
+            .ok_or_else(|| anyhow::anyhow!("give a pid, or a core file with --core"))?;
+        let outside = super::readonly::from_memory(&args.read, args.collect, |pause| {
+            super::gc_outside::report(&Source::Live { pid, pause }, args.limit, interval)
+        })?;
+        match outside {
+            Some(r) => r,
+            None => {
+                let proc = super::open(pid)?;
+                super::with_session(&args.attach.with_pid(pid), |attached| {
+                    read_report(attached, &proc, args.limit, interval, args.collect)
+                })?
+            }
+        }
+    };
     let mut out = Out::new();
     if args.json {
         out.json(&report, false)?;

@@ -6,6 +6,10 @@
 //! agent (`census_reprs`) for short reprs of objects that are alive now and
 //! were not there at the start. It never runs `gc.collect()` unless
 //! `--collect` is given.
+//!
+//! By default the censuses are read from outside (`heap::read`, no code
+//! in the target); then there are no sample reprs (they need the
+//! interpreter), and the JSON's `source` is "memory".
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,6 +24,7 @@ use crate::analysis::census::{
     Census, GrowthRow, MONOTONIC_THRESHOLD, NewObject, growth_rows, new_ids,
 };
 use crate::cli::GrowthArgs;
+use crate::heap::read::{CensusRead, ReadCost, ReadOptions, read_census_pid};
 use crate::render::census::{GrowthContext, growth_view};
 
 /// How many top growers get sample reprs, and how many each.
@@ -39,6 +44,9 @@ struct SampleJson {
     /// Of census_s, the time memsleuth spent aggregating what came.
     aggregate_s: f64,
     max_gil_hold_s: f64,
+    /// Source "memory": how long the target was paused for this census.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused_s: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -46,6 +54,8 @@ struct GrowthReport<'a> {
     schema: u32,
     pid: u32,
     python: &'a str,
+    /// "memory" (read from outside) or "agent".
+    source: &'static str,
     mode: &'static str,
     collect: bool,
     interval_s: f64,
@@ -72,6 +82,60 @@ struct Taken {
     gil_s: f64,
     max_hold_s: f64,
     python: String,
+    detach_s: f64,
+    /// From outside: each census's cost.
+    reads: Vec<ReadCost>,
+}
+
+/// Censuses taken `interval` apart from `start` by `take`, which returns
+/// the census, its wall time and, from outside, its cost.
+struct Series {
+    censuses: Vec<Census>,
+    times: Vec<f64>,
+    census_s: Vec<f64>,
+    rss: Vec<Option<u64>>,
+    max_hold_s: f64,
+    reads: Vec<ReadCost>,
+}
+
+fn series(
+    args: &GrowthArgs,
+    start: Instant,
+    mut take: impl FnMut(usize) -> anyhow::Result<(Census, f64, Option<ReadCost>)>,
+) -> anyhow::Result<Series> {
+    let samples = args.samples.max(2) as usize;
+    let pid = args.attach.pid;
+    let mut s = Series {
+        censuses: Vec::with_capacity(samples),
+        times: Vec::with_capacity(samples),
+        census_s: Vec::with_capacity(samples),
+        rss: Vec::with_capacity(samples),
+        max_hold_s: 0.0,
+        reads: Vec::new(),
+    };
+    for i in 0..samples {
+        if i > 0 {
+            let due = Duration::from_secs_f64(args.interval * i as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let t = start.elapsed().as_secs_f64();
+        let (c, secs, cost) = take(i)?;
+        s.max_hold_s = s.max_hold_s.max(c.stats.max_hold_s);
+        s.times.push(t);
+        s.census_s.push(secs);
+        s.rss.push(rss(pid));
+        s.reads.extend(cost);
+        // Only the first and the latest census keep their ids.
+        if s.censuses.len() >= 2
+            && let Some(prev) = s.censuses.last_mut()
+        {
+            prev.ids = None;
+        }
+        s.censuses.push(c);
+    }
+    Ok(s)
 }
 
 /// Asks the agent for short reprs of the given (id, acceptable type ids).
@@ -157,42 +221,80 @@ pub(crate) fn reprs(
 pub fn run(args: &GrowthArgs) -> CmdResult {
     let started = Instant::now();
     let pid = args.attach.pid;
+    let opts = ReadOptions {
+        pause: !args.read.nonblocking,
+        gc_only: args.gc_only,
+        keep_ids: true,
+    };
+    // The first census decides how all are taken.
+    let first = super::readonly::from_memory(&args.read, args.collect, |pause| {
+        read_census_pid(pid, &ReadOptions { pause, ..opts })
+    })?;
+    let taken = match first {
+        Some(first) => by_memory(args, started, first, opts)?,
+        None => by_agent(args)?,
+    };
+    print(args, &taken, started)
+}
+
+/// Every census read from outside; no sample reprs (they need the agent).
+fn by_memory(
+    args: &GrowthArgs,
+    start: Instant,
+    first: CensusRead,
+    opts: ReadOptions,
+) -> anyhow::Result<Taken> {
+    let pid = args.attach.pid;
+    let python = first.python.clone();
+    let mut first = Some(first);
+    let s = series(args, start, |_| {
+        let r = match first.take() {
+            Some(r) => r,
+            None => read_census_pid(pid, &opts)?,
+        };
+        Ok((r.census, r.cost.total_s, Some(r.cost)))
+    })?;
+    let mut censuses = s.censuses;
+    let rows = {
+        let refs: Vec<&Census> = censuses.iter().collect();
+        growth_rows(&refs)
+    };
+    for c in &mut censuses {
+        c.ids = None;
+    }
+    Ok(Taken {
+        censuses,
+        times: s.times,
+        census_s: s.census_s,
+        rss: s.rss,
+        rows,
+        attach_s: 0.0,
+        gil_s: 0.0,
+        max_hold_s: 0.0,
+        python,
+        detach_s: 0.0,
+        reads: s.reads,
+    })
+}
+
+/// Every census taken by the agent, and reprs of the top growers' new
+/// objects.
+fn by_agent(args: &GrowthArgs) -> anyhow::Result<Taken> {
     let req = CensusRequest {
         gc_only: args.gc_only,
         collect: args.collect,
         keep_ids: true,
         ids_by_call: false,
     };
-    let samples = args.samples.max(2) as usize;
-    let (taken, detach_s) = super::with_session_timed(&args.attach, |attached| {
-        let session = &mut attached.session;
+    let (mut taken, detach_s) = super::with_session_timed(&args.attach, |attached| {
         let start = Instant::now();
-        let mut censuses: Vec<Census> = Vec::with_capacity(samples);
-        let mut times = Vec::with_capacity(samples);
-        let mut census_s = Vec::with_capacity(samples);
-        let mut rsses = Vec::with_capacity(samples);
-        let mut max_hold_s: f64 = 0.0;
-        for i in 0..samples {
-            if i > 0 {
-                let due = Duration::from_secs_f64(args.interval * i as f64);
-                if let Some(wait) = due.checked_sub(start.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            let t = start.elapsed().as_secs_f64();
-            let (c, secs) = take_census(session, req)?;
-            max_hold_s = max_hold_s.max(c.stats.max_hold_s);
-            times.push(t);
-            census_s.push(secs);
-            rsses.push(rss(pid));
-            // Only the first and the latest census keep their ids.
-            if censuses.len() >= 2
-                && let Some(prev) = censuses.last_mut()
-            {
-                prev.ids = None;
-            }
-            censuses.push(c);
-        }
+        let s = series(args, start, |_| {
+            let (c, secs) = take_census(&mut attached.session, req)?;
+            Ok((c, secs, None))
+        })?;
+        let session = &mut attached.session;
+        let mut censuses = s.censuses;
+        let mut max_hold_s = s.max_hold_s;
         let mut rows = {
             let refs: Vec<&Census> = censuses.iter().collect();
             growth_rows(&refs)
@@ -210,17 +312,26 @@ pub fn run(args: &GrowthArgs) -> CmdResult {
         }
         Ok(Taken {
             censuses,
-            times,
-            census_s,
-            rss: rsses,
+            times: s.times,
+            census_s: s.census_s,
+            rss: s.rss,
             rows,
             attach_s: attached.attach_s,
             gil_s: attached.session.gil_total_s,
             max_hold_s,
             python: python_version(&attached.session),
+            detach_s: 0.0,
+            reads: Vec::new(),
         })
     })?;
+    taken.detach_s = detach_s;
+    Ok(taken)
+}
 
+fn print(args: &GrowthArgs, taken: &Taken, started: Instant) -> CmdResult {
+    let pid = args.attach.pid;
+    let detach_s = taken.detach_s;
+    let from_memory = !taken.reads.is_empty();
     let top = taken.rows.first().filter(|r| r.monotonic);
     let shown = if args.limit == 0 {
         taken.rows.len()
@@ -233,6 +344,7 @@ pub fn run(args: &GrowthArgs) -> CmdResult {
             schema: 1,
             pid,
             python: &taken.python,
+            source: if from_memory { "memory" } else { "agent" },
             mode: if args.gc_only { "gc_only" } else { "complete" },
             collect: args.collect,
             interval_s: args.interval,
@@ -255,6 +367,7 @@ pub fn run(args: &GrowthArgs) -> CmdResult {
                     census_s: taken.census_s[i],
                     aggregate_s: c.feed_s,
                     max_gil_hold_s: c.stats.max_hold_s,
+                    paused_s: taken.reads.get(i).map(|r| r.paused_s),
                 })
                 .collect(),
             top_grower: top.map(|r| r.name.as_str()),
@@ -275,6 +388,7 @@ pub fn run(args: &GrowthArgs) -> CmdResult {
             collect: args.collect,
             limit: args.limit,
             max_hold_s: taken.max_hold_s,
+            reads: taken.reads.clone(),
         };
         out.text(&growth_view(&taken.rows, &ctx))?;
     }

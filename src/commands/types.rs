@@ -6,6 +6,11 @@
 //! deduplicates and aggregates them as they arrive. The JSON report times
 //! each phase: attach, census (of which the tool's own aggregation), detach,
 //! and the whole command.
+//!
+//! By default the census is read from outside instead (`heap::read`: the
+//! target's memory copied while its threads are paused for milliseconds,
+//! decoded by memsleuth), and from a core file with `--core`; the JSON
+//! says which in `source` ("memory" or "agent").
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -17,6 +22,8 @@ use super::{CmdResult, Out};
 use crate::agent::{Session, SessionError};
 use crate::analysis::census::{AgentStats, Census, CensusBuilder, RowKind};
 use crate::cli::{SortBy, TypesArgs};
+use crate::heap::read::{CensusRead, ReadCost, ReadOptions, read_census};
+use crate::heap::source::Source;
 use crate::render::census::{TypesContext, types_view};
 
 /// What to ask the agent for.
@@ -79,6 +86,14 @@ struct TypesReport<'a> {
     schema: u32,
     pid: u32,
     python: String,
+    /// "memory" (read from outside) or "agent".
+    source: &'static str,
+    /// The core file read, with --core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    core: Option<String>,
+    /// What reading from outside cost (source "memory").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read: Option<&'a ReadCost>,
     mode: &'static str,
     collect: bool,
     attach_s: f64,
@@ -125,31 +140,91 @@ struct Taken {
     census: Census,
     census_s: f64,
     attach_s: f64,
+    detach_s: f64,
     gil_s: f64,
     python: String,
     rss: Option<u64>,
+    pid: u32,
+    /// From outside: its cost, and the core file if any.
+    read: Option<(ReadCost, Option<String>)>,
 }
 
 pub fn run(args: &TypesArgs) -> CmdResult {
     let started = Instant::now();
-    let pid = args.attach.pid;
+    let opts = ReadOptions {
+        pause: true,
+        gc_only: args.gc_only,
+        keep_ids: false,
+    };
+    let taken = if let Some(core) = &args.core.core {
+        let source = Source::Core {
+            core: core.clone(),
+            exe: args.core.exe.clone(),
+        };
+        from_outside(
+            read_census(&source, &opts)?,
+            Some(core.display().to_string()),
+        )
+    } else {
+        let pid = args
+            .pid
+            .ok_or_else(|| anyhow::anyhow!("give a pid, or a core file with --core"))?;
+        let outside = super::readonly::from_memory(&args.read, args.collect, |pause| {
+            read_census(&Source::Live { pid, pause }, &opts)
+        })?;
+        match outside {
+            Some(r) => from_outside(r, None),
+            None => by_agent(args, pid)?,
+        }
+    };
+    print(args, &taken, started)
+}
+
+/// A census read from outside; `core`: the core file it came from.
+fn from_outside(r: CensusRead, core: Option<String>) -> Taken {
+    Taken {
+        census_s: r.cost.total_s,
+        attach_s: 0.0,
+        detach_s: 0.0,
+        gil_s: 0.0,
+        python: r.python,
+        rss: if core.is_none() { rss(r.pid) } else { None },
+        pid: r.pid,
+        census: r.census,
+        read: Some((r.cost, core)),
+    }
+}
+
+/// The census taken by the agent inside the target.
+fn by_agent(args: &TypesArgs, pid: u32) -> anyhow::Result<Taken> {
     let req = CensusRequest {
         gc_only: args.gc_only,
         collect: args.collect,
         keep_ids: false,
         ids_by_call: false,
     };
-    let (taken, detach_s) = super::with_session_timed(&args.attach, |attached| {
-        let (census, census_s) = take_census(&mut attached.session, req)?;
-        Ok(Taken {
-            census,
-            census_s,
-            attach_s: attached.attach_s,
-            gil_s: attached.session.gil_total_s,
-            python: python_version(&attached.session),
-            rss: rss(pid),
-        })
-    })?;
+    let (mut taken, detach_s) =
+        super::with_session_timed(&args.attach.with_pid(pid), |attached| {
+            let (census, census_s) = take_census(&mut attached.session, req)?;
+            Ok(Taken {
+                census,
+                census_s,
+                attach_s: attached.attach_s,
+                detach_s: 0.0,
+                gil_s: attached.session.gil_total_s,
+                python: python_version(&attached.session),
+                rss: rss(pid),
+                pid,
+                read: None,
+            })
+        })?;
+    taken.detach_s = detach_s;
+    Ok(taken)
+}
+
+fn print(args: &TypesArgs, taken: &Taken, started: Instant) -> CmdResult {
+    let pid = taken.pid;
+    let detach_s = taken.detach_s;
     let c = &taken.census;
     let by_count = args.sort == SortBy::Count;
     let mut out = Out::new();
@@ -165,6 +240,13 @@ pub fn run(args: &TypesArgs) -> CmdResult {
             schema: 1,
             pid,
             python: taken.python.clone(),
+            source: if taken.read.is_some() {
+                "memory"
+            } else {
+                "agent"
+            },
+            core: taken.read.as_ref().and_then(|(_, core)| core.clone()),
+            read: taken.read.as_ref().map(|(cost, _)| cost),
             mode: if c.gc_only { "gc_only" } else { "complete" },
             collect: args.collect,
             attach_s: taken.attach_s,
@@ -208,6 +290,8 @@ pub fn run(args: &TypesArgs) -> CmdResult {
             limit: args.limit,
             by_count,
             census_s: taken.census_s,
+            read: taken.read.as_ref().map(|(cost, _)| cost.clone()),
+            core: taken.read.as_ref().and_then(|(_, core)| core.clone()),
         };
         out.text(&types_view(c, &ctx))?;
     }

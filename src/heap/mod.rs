@@ -14,4 +14,30 @@
 //! validated before use, and a torn or hostile heap gives an error or a
 //! partial result with a count of what was skipped, never a panic.
 
+pub mod core;
+pub mod read;
+pub mod snapshot;
+pub mod source;
 pub mod space;
+
+pub mod census;
+#[doc(hidden)]
+pub mod copied;
+pub mod dicts;
+pub mod error;
+pub mod gcstate;
+#[cfg(test)]
+mod hostile;
+pub mod layout;
+pub mod mem;
+pub mod names;
+pub mod referents;
+pub mod roots;
+pub mod sizes;
+pub mod strs;
+pub mod types;
+pub mod walk;
+
+pub use census::{CensusOptions, HeapCensus, census};
+pub use error::HeapError;
+pub use roots::{Interpreter, locate};

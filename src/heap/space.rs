@@ -46,18 +46,6 @@ impl AddressSpace for LiveLazy {
         if addr.checked_add(buf.len() as u64).is_none() {
             return false;
         }
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        // SAFETY: `local` is memory we own exclusively for its length; the
-        // kernel dereferences `remote` in the target only.
-        let n =
-            unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-        n >= 0 && n as usize == buf.len()
+        crate::process::memory::read(self.pid, addr, buf).is_ok()
     }
 }

@@ -236,7 +236,6 @@ impl WaitStatus {
 #[cfg(target_os = "linux")]
 mod imp {
     use super::*;
-    use std::os::unix::fs::FileExt;
 
     #[cfg(target_arch = "x86_64")]
     pub type Regs = libc::user_regs_struct;
@@ -432,55 +431,21 @@ mod imp {
         }
     }
 
-    fn vm_io(
-        pid: u32,
-        addr: u64,
-        local: *mut libc::c_void,
-        len: usize,
-        write: bool,
-    ) -> std::result::Result<usize, i32> {
-        let local = libc::iovec {
-            iov_base: local,
-            iov_len: len,
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: len,
-        };
-        let nr = if write {
-            libc::SYS_process_vm_writev
-        } else {
-            libc::SYS_process_vm_readv
-        };
-        // SAFETY: `local` describes a live buffer of `len` bytes; the remote
-        // side is checked by the kernel.
-        let r = unsafe {
-            libc::syscall(
-                nr,
-                pid as libc::c_long,
-                &local,
-                1usize,
-                &remote,
-                1usize,
-                0usize,
-            )
-        };
-        if r < 0 { Err(errno()) } else { Ok(r as usize) }
-    }
-
-    /// Reads target memory: process_vm_readv, else /proc/PID/mem.
+    /// Reads target memory: process_vm_readv, else /proc/PID/mem (both
+    /// through [`crate::process::memory`]).
     pub fn read_mem(pid: u32, addr: u64, buf: &mut [u8]) -> Result<()> {
+        use crate::process::memory;
         if buf.is_empty() {
             return Ok(());
         }
-        match vm_io(pid, addr, buf.as_mut_ptr().cast(), buf.len(), false) {
-            Ok(n) if n == buf.len() => return Ok(()),
-            Err(libc::ESRCH) => return Err(PtraceError::Gone { tid: pid }),
-            _ => {}
+        match memory::read(pid, addr, buf) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                return Err(PtraceError::Gone { tid: pid });
+            }
+            Err(_) => {}
         }
-        let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
-            .map_err(|e| PtraceError::io(format!("open /proc/{pid}/mem"), e))?;
-        mem.read_exact_at(buf, addr).map_err(|e| {
+        memory::proc_mem_read(pid, addr, buf).map_err(|e| {
             PtraceError::io(
                 format!("read {} bytes at {addr:#x} in process {pid}", buf.len()),
                 e,
@@ -491,25 +456,18 @@ mod imp {
     /// Writes target memory: process_vm_writev, else /proc/PID/mem (which
     /// also writes read-only pages of a traced process).
     pub fn write_mem(pid: u32, addr: u64, data: &[u8]) -> Result<()> {
+        use crate::process::memory;
         if data.is_empty() {
             return Ok(());
         }
-        match vm_io(
-            pid,
-            addr,
-            data.as_ptr() as *mut libc::c_void,
-            data.len(),
-            true,
-        ) {
-            Ok(n) if n == data.len() => return Ok(()),
-            Err(libc::ESRCH) => return Err(PtraceError::Gone { tid: pid }),
-            _ => {}
+        match memory::write(pid, addr, data) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                return Err(PtraceError::Gone { tid: pid });
+            }
+            Err(_) => {}
         }
-        let mem = std::fs::OpenOptions::new()
-            .write(true)
-            .open(format!("/proc/{pid}/mem"))
-            .map_err(|e| PtraceError::io(format!("open /proc/{pid}/mem for writing"), e))?;
-        mem.write_all_at(data, addr).map_err(|e| {
+        memory::proc_mem_write(pid, addr, data).map_err(|e| {
             PtraceError::io(
                 format!("write {} bytes at {addr:#x} in process {pid}", data.len()),
                 e,

@@ -7,7 +7,9 @@
 
 pub mod error;
 pub mod fds;
+pub mod freeze;
 pub mod maps;
+pub mod memory;
 pub mod relay;
 pub mod sample;
 pub mod stat;

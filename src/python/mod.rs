@@ -113,11 +113,90 @@ impl PythonProcess {
 /// Detects a CPython interpreter in the process. `Ok(None)`: not Python (or
 /// nothing readable says it is). Errors only when the process is gone.
 pub fn detect(proc: &Process, mappings: &[Mapping]) -> Result<Option<PythonProcess>, ProcError> {
-    let exe = match proc.exe() {
-        Ok(p) => Some(p),
-        Err(e) if e.is_gone() => return Err(e),
-        Err(_) => None, // permission: libpython in maps may still tell
-    };
+    detect_in(&LiveFiles(proc), mappings)
+}
+
+/// Detects the interpreter from a mapping list and the executable's path
+/// alone, with no live process: for core files, whose NT_FILE note gives
+/// the mappings. `open` turns a path the mappings name into the file to
+/// read (the same path, or a replacement given by the user).
+pub fn detect_offline(
+    exe: &Path,
+    mappings: &[Mapping],
+    open: &dyn Fn(&str) -> Option<PathBuf>,
+) -> Option<PythonProcess> {
+    detect_in(
+        &OfflineFiles {
+            exe: exe.to_path_buf(),
+            open,
+        },
+        mappings,
+    )
+    .ok()
+    .flatten()
+}
+
+/// How the files behind a mapping list are reached: through /proc for a
+/// live process, by path for a core file.
+trait FileAccess {
+    /// The executable's path as shown (maybe with " (deleted)").
+    fn exe(&self) -> Result<Option<PathBuf>, ProcError>;
+    /// The executable, to check whether it defines the C API.
+    fn open_exe(&self, exe: &str, deleted: bool, maps: &[&Mapping]) -> Option<ElfFile>;
+    /// The file behind a mapping.
+    fn open_mapped(&self, m: &Mapping) -> Option<ElfFile>;
+}
+
+struct LiveFiles<'a>(&'a Process);
+
+impl FileAccess for LiveFiles<'_> {
+    fn exe(&self) -> Result<Option<PathBuf>, ProcError> {
+        match self.0.exe() {
+            Ok(p) => Ok(Some(p)),
+            Err(e) if e.is_gone() => Err(e),
+            Err(_) => Ok(None), // permission: libpython in maps may still tell
+        }
+    }
+
+    fn open_exe(&self, exe: &str, deleted: bool, maps: &[&Mapping]) -> Option<ElfFile> {
+        let proc = self.0;
+        // /proc/PID/exe reaches the file even when it was deleted or replaced.
+        (!deleted)
+            .then(|| ElfFile::open(&proc.root_path(exe)).ok())
+            .flatten()
+            .filter(|f| maps.first().is_none_or(|m| m.inode == f.inode))
+            .or_else(|| ElfFile::open(&proc.path("exe")).ok())
+    }
+
+    fn open_mapped(&self, m: &Mapping) -> Option<ElfFile> {
+        open_mapped(self.0, m)
+    }
+}
+
+struct OfflineFiles<'a> {
+    exe: PathBuf,
+    open: &'a dyn Fn(&str) -> Option<PathBuf>,
+}
+
+impl FileAccess for OfflineFiles<'_> {
+    fn exe(&self) -> Result<Option<PathBuf>, ProcError> {
+        Ok(Some(self.exe.clone()))
+    }
+
+    fn open_exe(&self, exe: &str, _deleted: bool, _maps: &[&Mapping]) -> Option<ElfFile> {
+        ElfFile::open(&(self.open)(exe)?).ok()
+    }
+
+    fn open_mapped(&self, m: &Mapping) -> Option<ElfFile> {
+        ElfFile::open(&(self.open)(m.clean_path())?).ok()
+    }
+}
+
+fn detect_in(
+    files: &dyn FileAccess,
+    mappings: &[Mapping],
+) -> Result<Option<PythonProcess>, ProcError> {
+    let exe = files.exe()?;
     let exe_shown = exe
         .as_deref()
         .map(|p| p.to_string_lossy().into_owned())
@@ -132,14 +211,14 @@ pub fn detect(proc: &Process, mappings: &[Mapping]) -> Result<Option<PythonProce
             .iter()
             .filter(|m| m.clean_path() == exe_clean)
             .collect();
-        if let Some(found) = static_build(proc, &exe_clean, exe_shown != exe_clean, &maps) {
+        if let Some(found) = static_build(files, &exe_clean, exe_shown != exe_clean, &maps) {
             return Ok(Some(found));
         }
     }
     for maps in libpython_mappings(mappings) {
         let first = maps[0];
         let lib_hint = version::hint_from_name(file_name(first.clean_path()));
-        let file = open_mapped(proc, first);
+        let file = files.open_mapped(first);
         let parsed = match file.as_ref().map(|f| parse(f, &maps)) {
             Some(Err(Skip::NoApi)) => continue, // readable, yet no C API: merely named libpython
             Some(Ok(parsed)) => Some(parsed),
@@ -168,17 +247,12 @@ pub fn detect(proc: &Process, mappings: &[Mapping]) -> Result<Option<PythonProce
 
 /// The executable, if it defines the C API itself.
 fn static_build(
-    proc: &Process,
+    files: &dyn FileAccess,
     exe: &str,
     deleted: bool,
     maps: &[&Mapping],
 ) -> Option<PythonProcess> {
-    // /proc/PID/exe reaches the file even when it was deleted or replaced.
-    let file = (!deleted)
-        .then(|| ElfFile::open(&proc.root_path(exe)).ok())
-        .flatten()
-        .filter(|f| maps.first().is_none_or(|m| m.inode == f.inode))
-        .or_else(|| ElfFile::open(&proc.path("exe")).ok())?;
+    let file = files.open_exe(exe, deleted, maps)?;
     if !file.may_define_c_api() {
         return None;
     }

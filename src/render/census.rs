@@ -53,6 +53,62 @@ pub struct TypesContext {
     pub by_count: bool,
     /// Wall time of the census request.
     pub census_s: f64,
+    /// Read from outside (no agent): what it cost.
+    pub read: Option<crate::heap::read::ReadCost>,
+    /// The core file it was read from.
+    pub core: Option<String>,
+}
+
+/// The note line of a census read from outside, and its warnings.
+pub fn read_note(cost: &crate::heap::read::ReadCost, core: Option<&str>) -> String {
+    let mut notes = Vec::new();
+    match core {
+        Some(path) => notes.push(format!("read from the core file {path}")),
+        None if cost.paused_s > 0.0 => notes.push(format!(
+            "read from memory, no code run in the target; threads paused {}",
+            ms(cost.paused_s)
+        )),
+        None => notes.push(
+            "read from memory without pausing (--nonblocking), no code run in the target".into(),
+        ),
+    }
+    notes.push(format!(
+        "{} {}, decoded in {}, {} in all",
+        units::bytes(cost.copied_bytes),
+        if core.is_some() { "mapped" } else { "copied" },
+        ms(cost.walk_s),
+        ms(cost.total_s)
+    ));
+    if cost.skipped > 0 {
+        notes.push(format!(
+            "{} invalid objects skipped",
+            thousands(cost.skipped)
+        ));
+    }
+    let mut out = format!("({})\n", notes.join("; "));
+    for w in &cost.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}
+
+/// The note line of a census the agent took.
+fn agent_note(c: &Census, ctx: &TypesContext) -> String {
+    let s = &c.stats;
+    let mut notes = vec![format!(
+        "census {} in {} frames, GIL held at most {} at a time",
+        ms(ctx.census_s),
+        thousands(c.chunks),
+        ms(s.max_hold_s)
+    )];
+    notes.push(format!(
+        "memsleuth's own {} objects left out",
+        thousands(s.excluded)
+    ));
+    if let Some(n) = s.collected {
+        notes.push(format!("gc.collect() freed {} first", thousands(n)));
+    }
+    format!("({})\n", notes.join("; "))
 }
 
 /// The `types` table.
@@ -82,20 +138,12 @@ pub fn types_view(c: &Census, ctx: &TypesContext) -> String {
         ));
     }
     let s = &c.stats;
-    let mut notes = vec![format!(
-        "census {} in {} frames, GIL held at most {} at a time",
-        ms(ctx.census_s),
-        thousands(c.chunks),
-        ms(s.max_hold_s)
-    )];
-    notes.push(format!(
-        "memsleuth's own {} objects left out",
-        thousands(s.excluded)
-    ));
-    if let Some(n) = s.collected {
-        notes.push(format!("gc.collect() freed {} first", thousands(n)));
+    if let Some(cost) = &ctx.read {
+        out.push_str(&read_note(cost, ctx.core.as_deref()));
+    } else {
+        out.push_str(&agent_note(c, ctx));
     }
-    out.push_str(&format!("({})\n", notes.join("; ")));
+
     // (3.12 keeps a few hundred of its own tuples there from the start.)
     if s.frozen > 1000 {
         out.push_str(&format!(
@@ -178,6 +226,8 @@ pub struct GrowthContext {
     pub collect: bool,
     pub limit: usize,
     pub max_hold_s: f64,
+    /// Read from outside: each census's cost (empty: the agent took them).
+    pub reads: Vec<crate::heap::read::ReadCost>,
 }
 
 fn per_interval(deltas: &[i64]) -> String {
@@ -237,11 +287,34 @@ pub fn growth_view(rows: &[GrowthRow], ctx: &GrowthContext) -> String {
         }
         out.push('\n');
     }
+    let cost = if ctx.reads.is_empty() {
+        format!("GIL held at most {} at a time", ms(ctx.max_hold_s))
+    } else {
+        let paused = ctx.reads.iter().map(|r| r.paused_s).fold(0.0, f64::max);
+        let skipped = ctx.reads.iter().map(|r| r.skipped).max().unwrap_or(0);
+        let mut c = format!(
+            "read from memory, no code run in the target; paused at most {}",
+            ms(paused)
+        );
+        if skipped > 0 {
+            c.push_str(&format!(
+                ", up to {} invalid objects skipped",
+                thousands(skipped)
+            ));
+        }
+        c
+    };
     out.push_str(&format!(
-        "(GIL held at most {} at a time. SCORE = intervals with growth x net/total change x share of new objects still alive; >= {:.1}: growing steadily, marked ^)\n\n",
-        ms(ctx.max_hold_s),
+        "({cost}. SCORE = intervals with growth x net/total change x share of new objects still alive; >= {:.1}: growing steadily, marked ^)\n\n",
         crate::analysis::census::MONOTONIC_THRESHOLD
     ));
+    let mut warned: Vec<&String> = Vec::new();
+    for w in ctx.reads.iter().flat_map(|r| &r.warnings) {
+        if !warned.contains(&w) {
+            out.push_str(&format!("warning: {w}\n"));
+            warned.push(w);
+        }
+    }
     if rows.is_empty() {
         out.push_str("No type changed in count or size.\n");
         return out;

@@ -128,9 +128,13 @@ pub fn gc(r: &GcReport) -> String {
     ));
     kv.push((
         "gc.callbacks",
-        r.callbacks
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "n/a (3.3+)".into()),
+        r.callbacks.map(|n| n.to_string()).unwrap_or_else(|| {
+            if r.source == "memory" {
+                "n/a (not read from outside)".into()
+            } else {
+                "n/a (3.3+)".into()
+            }
+        }),
     ));
     for (k, v) in &kv {
         out.push_str(&format!("  {k:<22}{v}\n"));
@@ -154,6 +158,9 @@ pub fn gc(r: &GcReport) -> String {
             }
             out.push_str(&t.render());
         }
+        None if r.source == "memory" => out.push_str(
+            "  per-generation statistics: not read from outside (gc.get_stats() needs --inject)\n",
+        ),
         None => out.push_str("  per-generation statistics: gc.get_stats() needs Python 3.4+\n"),
     }
     out.push('\n');
@@ -263,8 +270,27 @@ pub fn gc(r: &GcReport) -> String {
             "  ",
         ));
     }
-    out.push_str(&session_footer(r.attach_s, r.gil_s));
+    if r.source == "memory" {
+        for w in &r.warnings {
+            out.push_str(&wrap(w, 100, "warning: ", "  "));
+        }
+        out.push_str(&memory_footer(r.paused_s));
+    } else {
+        out.push_str(&session_footer(r.attach_s, r.gil_s));
+    }
     out
+}
+
+/// The closing line when the state was read from outside.
+pub fn memory_footer(paused_s: f64) -> String {
+    if paused_s > 0.0 {
+        format!(
+            "\n(read from memory: no code ran in the target; its threads were paused {})\n",
+            secs(paused_s)
+        )
+    } else {
+        "\n(read from memory or a core file: no code ran in the target)\n".into()
+    }
 }
 
 #[cfg(test)]

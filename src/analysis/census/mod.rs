@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 mod builder;
 mod frame;
 pub mod growth;
-mod seen;
+pub mod seen;
 #[cfg(test)]
 mod tests;
 

@@ -246,6 +246,19 @@ pub struct GcReport {
     pub garbage: GarbageReport,
     pub collect: Option<CollectReport>,
     pub findings: Vec<Finding>,
+    /// "agent" (read by the injected agent) or "memory" (read from outside).
+    #[serde(default = "agent_source")]
+    pub source: String,
+    /// From memory: how long the target's threads were stopped.
+    #[serde(default)]
+    pub paused_s: f64,
+    /// From memory: what could not be read, one sentence each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+fn agent_source() -> String {
+    "agent".into()
 }
 
 /// Who is asking and how long it took.
@@ -312,6 +325,9 @@ pub fn build_report(
         garbage,
         collect,
         findings: Vec::new(),
+        source: agent_source(),
+        paused_s: 0.0,
+        warnings: Vec::new(),
     };
     report.findings = findings(&report, major);
     report

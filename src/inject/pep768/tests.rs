@@ -202,7 +202,7 @@ fn both_memory_backends_work_on_ourselves() {
     let mut a = [0u8; 16];
     vm_read(me.pid, addr, &mut a).unwrap();
     let mut b = [0u8; 16];
-    proc_mem_read(&me, addr, &mut b).unwrap();
+    proc_mem_read(me.pid, addr, &mut b).unwrap();
     assert_eq!((a, b), (src, src));
     // The kernel writes behind the compiler's back: go through a raw
     // pointer and volatile reads.
@@ -212,7 +212,7 @@ fn both_memory_backends_work_on_ourselves() {
     let now = || unsafe { std::ptr::read_volatile(dst) };
     vm_write(me.pid, daddr, b"vm-write").unwrap();
     assert_eq!(&now(), b"vm-write");
-    proc_mem_write(&me, daddr, b"procmem!").unwrap();
+    proc_mem_write(me.pid, daddr, b"procmem!").unwrap();
     assert_eq!(&now(), b"procmem!");
     // Through Remote with the fallback forced on this thread.
     force_proc_mem_on_this_thread(true);
