@@ -265,6 +265,8 @@ pub struct WhyArgs {
 pub struct RetainedArgs {
     #[command(flatten)]
     pub attach: AttachArgs,
+    #[command(flatten)]
+    pub read: HeapReadArgs,
     /// How many objects to list.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,

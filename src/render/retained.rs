@@ -68,7 +68,8 @@ pub struct RetainedReport {
     pub schema: u32,
     pub pid: u32,
     pub python: String,
-    /// Where the references came from (`agent`).
+    /// Where the references came from: `memory` (read from outside) or
+    /// `agent`.
     pub source: &'static str,
     pub heap: RetainedHeap,
     pub entries: Vec<RetainedEntry>,
@@ -90,6 +91,28 @@ pub struct RetainedReport {
     /// CPU time of the agent's thread for the graph (3.7+; null before):
     /// what it cost the target, whatever else the machine was doing.
     pub agent_cpu_s: Option<f64>,
+    /// With the references read from memory: what the read cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryRead>,
+}
+
+/// The cost of reading the graph from the target's memory (no code of
+/// ours ran in it).
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryRead {
+    /// How long the target's threads were stopped for the copy.
+    pub paused_s: f64,
+    pub copy_s: f64,
+    pub copied_bytes: u64,
+    /// Walking the copy, on memsleuth's side.
+    pub walk_s: f64,
+    /// Objects rejected as invalid, references left out at a bound.
+    pub skipped: u64,
+    /// Copies thrown away because a collection was running.
+    pub retries: u32,
+    /// memsleuth's own peak RSS (VmHWM), bytes.
+    pub tool_peak_rss_bytes: Option<u64>,
+    pub warnings: Vec<String>,
 }
 
 fn thousands(n: u64) -> String {

@@ -20,6 +20,7 @@
 pub mod agent;
 mod build;
 mod dominators;
+pub mod memory;
 mod report;
 
 pub use build::HeapGraphBuilder;
