@@ -4,15 +4,21 @@
 //! holders is retained by neither (it is an entry of its own); the text
 //! form names the path; `why` gives its holders' retained sizes; the JSON
 //! has what docs/retained.schema.json requires; the target is left as it
-//! was.
+//! was. Read from memory (the default), no code of ours runs in the
+//! target (its audit hook sees nothing, 3.8+).
 
 mod common;
 
-use common::{Interpreter, for_each_interpreter, memsleuth, run, spawn_target};
+use std::io::Write;
+use std::time::Duration;
+
+use common::{Interpreter, Target, for_each_interpreter, memsleuth, run, spawn_target};
 use serde_json::Value;
 
-fn retained_json(interp: &Interpreter, pid: u32, limit: &str) -> Value {
-    let r = run(memsleuth().args(["retained", &pid.to_string(), "--json", "--limit", limit]));
+fn retained_json(interp: &Interpreter, pid: u32, limit: &str, extra: &[&str]) -> Value {
+    let r = run(memsleuth()
+        .args(["retained", &pid.to_string(), "--json", "--limit", limit])
+        .args(extra));
     assert_eq!(
         r.code, 0,
         "[{interp}] retained failed: {}\n{}",
@@ -80,65 +86,78 @@ fn module_dict_of_payloads_is_the_top_entry_and_shared_objects_belong_to_neither
         let right: u64 = t.info_parse("right_id");
         let shared: u64 = t.info_parse("shared_id");
         let shared_bytes: u64 = t.info_parse("shared_bytes");
-        let v = retained_json(interp, t.pid, "30");
-        check_schema(interp, &v);
-        let entries = v["entries"].as_array().expect("entries");
-        let top = &entries[0];
-        assert_eq!(
-            top["id"].as_u64(),
-            Some(blobs),
-            "[{interp}] the payload dict is not the top entry: {}",
-            serde_json::to_string_pretty(&entries[..entries.len().min(3)]).unwrap()
-        );
-        let got = top["retained_bytes"].as_u64().unwrap() as f64;
-        let ratio = got / blobs_bytes as f64;
-        assert!(
-            (0.9..=1.1).contains(&ratio),
-            "[{interp}] retained {got} vs true {blobs_bytes} (ratio {ratio:.3})"
-        );
-        assert!(top["count"].as_u64().unwrap() >= 201, "[{interp}] {top}");
-        let path = top["path"].as_str().unwrap();
-        assert!(
-            path.starts_with("module payload_store") && path.contains("['_blobs']"),
-            "[{interp}] path {path:?}"
-        );
-        assert_eq!(
-            top["top_types"][0]["type"],
-            if interp.at_least(3, 0) {
-                "bytes"
-            } else {
-                "str"
-            }
-        );
-        let share = top["share"].as_f64().unwrap();
-        assert!(share > 0.0 && share <= 1.0, "[{interp}] share {share}");
-
-        // The shared payload: in neither holder, an entry of its own.
-        for (name, id) in [("left", left), ("right", right)] {
-            if let Some(e) = entry_for(&v, id) {
-                let b = e["retained_bytes"].as_u64().unwrap();
+        // From memory (the default: no code runs in the target), then with
+        // the agent: the same checks.
+        for (extra, source) in [(&[][..], "memory"), (&["--inject"][..], "agent")] {
+            let v = retained_json(interp, t.pid, "30", extra);
+            assert_eq!(v["source"], source, "[{interp}] {extra:?}");
+            if source == "memory" {
+                assert_eq!(v["gil_s"], 0.0, "[{interp}] code ran in the target");
                 assert!(
-                    b < shared_bytes / 2,
-                    "[{interp}] {name} holder retains {b} bytes: the shared {shared_bytes} counted in it"
+                    v["memory"]["paused_s"].as_f64().is_some(),
+                    "[{interp}] {}",
+                    v["memory"]
                 );
             }
+            check_schema(interp, &v);
+            let entries = v["entries"].as_array().expect("entries");
+            let top = &entries[0];
+            assert_eq!(
+                top["id"].as_u64(),
+                Some(blobs),
+                "[{interp}] the payload dict is not the top entry: {}",
+                serde_json::to_string_pretty(&entries[..entries.len().min(3)]).unwrap()
+            );
+            let got = top["retained_bytes"].as_u64().unwrap() as f64;
+            let ratio = got / blobs_bytes as f64;
+            assert!(
+                (0.9..=1.1).contains(&ratio),
+                "[{interp}] retained {got} vs true {blobs_bytes} (ratio {ratio:.3})"
+            );
+            assert!(top["count"].as_u64().unwrap() >= 201, "[{interp}] {top}");
+            let path = top["path"].as_str().unwrap();
+            assert!(
+                path.starts_with("module payload_store") && path.contains("['_blobs']"),
+                "[{interp}] path {path:?}"
+            );
+            assert_eq!(
+                top["top_types"][0]["type"],
+                if interp.at_least(3, 0) {
+                    "bytes"
+                } else {
+                    "str"
+                }
+            );
+            let share = top["share"].as_f64().unwrap();
+            assert!(share > 0.0 && share <= 1.0, "[{interp}] share {share}");
+
+            // The shared payload: in neither holder, an entry of its own.
+            for (name, id) in [("left", left), ("right", right)] {
+                if let Some(e) = entry_for(&v, id) {
+                    let b = e["retained_bytes"].as_u64().unwrap();
+                    assert!(
+                        b < shared_bytes / 2,
+                        "[{interp}] {name} holder retains {b} bytes: the shared {shared_bytes} counted in it"
+                    );
+                }
+            }
+            let s = entry_for(&v, shared).unwrap_or_else(|| {
+                panic!(
+                    "[{interp}] the shared payload is not an entry: {}",
+                    serde_json::to_string_pretty(entries).unwrap()
+                )
+            });
+            let b = s["retained_bytes"].as_u64().unwrap();
+            assert!(
+                b >= shared_bytes && b < shared_bytes + shared_bytes / 10,
+                "[{interp}] shared retains {b}, its size is {shared_bytes}"
+            );
+            assert!(
+                v["heap"]["total_bytes"].as_u64().unwrap() > blobs_bytes + shared_bytes,
+                "[{interp}] heap total {}",
+                v["heap"]["total_bytes"]
+            );
         }
-        let s = entry_for(&v, shared).unwrap_or_else(|| {
-            panic!(
-                "[{interp}] the shared payload is not an entry: {}",
-                serde_json::to_string_pretty(entries).unwrap()
-            )
-        });
-        let b = s["retained_bytes"].as_u64().unwrap();
-        assert!(
-            b >= shared_bytes && b < shared_bytes + shared_bytes / 10,
-            "[{interp}] shared retains {b}, its size is {shared_bytes}"
-        );
-        assert!(
-            v["heap"]["total_bytes"].as_u64().unwrap() > blobs_bytes + shared_bytes,
-            "[{interp}] heap total {}",
-            v["heap"]["total_bytes"]
-        );
 
         // The text form: the path under the entry.
         let r = run(memsleuth().args(["retained", &t.pid.to_string(), "--limit", "3"]));
@@ -182,6 +201,44 @@ fn module_dict_of_payloads_is_the_top_entry_and_shared_objects_belong_to_neither
         for key in ["modules", "threads", "fds", "main_names"] {
             assert_eq!(before[key], after[key], "[{interp}] {key} changed");
         }
+        assert!(t.is_alive(), "[{interp}] the target died");
+    });
+}
+
+/// heap_population's report: the audit events since the last one.
+fn audit_report(t: &Target) -> Value {
+    let skip = t.stdout_lines_so_far().len();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&t.info["fifo"])
+        .unwrap();
+    f.write_all(b"report\n").unwrap();
+    let line = t
+        .wait_line("report ", skip, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("[{}] no report", t.interp_label));
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn read_from_memory_runs_no_code_in_the_target() {
+    for_each_interpreter(|interp| {
+        if !interp.at_least(3, 8) {
+            return;
+        }
+        let Some(t) = spawn_target(interp, "heap_population", &[]) else {
+            return;
+        };
+        audit_report(&t);
+        let r = run(memsleuth().args(["retained", &t.pid.to_string(), "--read-only", "--json"]));
+        assert_eq!(r.code, 0, "[{interp}] {}", r.stderr);
+        let v: Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(v["source"], "memory", "[{interp}]");
+        assert!(v["heap"]["objects"].as_u64().unwrap() > 1000, "[{interp}]");
+        assert_eq!(
+            audit_report(&t)["audit"],
+            serde_json::json!([]),
+            "[{interp}] audit events during the read from memory"
+        );
         assert!(t.is_alive(), "[{interp}] the target died");
     });
 }
