@@ -67,10 +67,16 @@ pub fn read_graph(
         ..HeapGraphRead::default()
     };
     let listed = walked.tracked.len() + walked.permanent.len();
-    let mut index = IdMap::with_capacity(listed * 2);
-    let mut ti: Vec<u32> = Vec::with_capacity(listed * 2);
+    // Untracked objects (str, int, float, ...) usually outnumber the
+    // tracked ones: room for both without rehashing and regrowing.
+    let guess = listed.saturating_mul(4).min(MAX_GRAPH_NODES);
+    let mut index = IdMap::with_capacity(guess);
+    let mut ti: Vec<u32> = Vec::with_capacity(guess);
     let p = &mut out.parts;
-    p.addr.reserve(listed * 2);
+    p.addr.reserve(guess);
+    p.size.reserve(guess);
+    p.refcnt.reserve(guess);
+    p.off.reserve(guess + 1);
     // The collector's lists (the permanent generation too: those objects
     // are live memory like any other), reference counts measured.
     for &o in walked.tracked.iter().chain(walked.permanent.iter()) {
