@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::dicts;
 use super::error::HeapError;
-use super::layout::tp;
+use super::layout::{InstanceLayout, flags, tp};
 use super::mem::Mem;
 use super::names::Names;
 use super::referents::{self, decode, owned_dict, plausible};
@@ -24,7 +24,7 @@ use super::roots::Interpreter;
 use super::sizes::getsizeof;
 use super::space::AddressSpace;
 use super::strs;
-use super::types::{Kind, Types};
+use super::types::{Kind, TypeInfo, Types};
 use super::walk::walk;
 use crate::analysis::census::qualified;
 use crate::analysis::refgraph::explain::{LabelsAnswer, NodeInfo};
@@ -281,10 +281,75 @@ fn edge_label(
         Kind::Set => return ("member", "{…}".into()),
         _ => {}
     }
-    if t.heap && owned_dict(mem, it, &t, s) == Some(d) {
-        return ("dict", "__dict__".into());
+    if t.heap {
+        if owned_dict(mem, it, &t, s) == Some(d) {
+            return ("dict", "__dict__".into());
+        }
+        if let Some(name) = value_name(mem, it, &t, s, d) {
+            return if is_identifier(&name) {
+                ("attr", format!(".{name}"))
+            } else {
+                (
+                    "key",
+                    format!(
+                        ".__dict__[{}]",
+                        py_key(&format!("[{name:?}]")).trim_matches(['[', ']'])
+                    ),
+                )
+            };
+        }
     }
     unknown
+}
+
+/// The attribute name under which an instance keeps `d` in its values
+/// (3.11+: split values shared with the class's cached keys, 3.13+ inline
+/// values): entry `i` of the cached keys names value `i`.
+fn value_name(mem: &Mem, it: &Interpreter, t: &TypeInfo, s: u64, d: u64) -> Option<String> {
+    if t.flags & flags::MANAGED_DICT == 0 || t.cached_keys == 0 {
+        return None;
+    }
+    let (vals, n) = match it.layout.instance {
+        InstanceLayout::DictOffset => return None,
+        InstanceLayout::Managed311 => {
+            if mem.u64(s.wrapping_sub(24))? != 0 {
+                return None;
+            }
+            (mem.ptr(s.wrapping_sub(32))?, None)
+        }
+        InstanceLayout::Managed312 => {
+            let dv = mem.u64(s.wrapping_sub(24))?;
+            if dv & 1 == 0 {
+                return None;
+            }
+            (dv.wrapping_add(1), None)
+        }
+        InstanceLayout::Inline313 => {
+            let v = s + t.basicsize;
+            if t.flags & flags::INLINE_VALUES == 0 || mem.u8(v + 3) != Some(1) {
+                return None;
+            }
+            (v + 8, Some(u64::from(mem.u8(v)?)))
+        }
+    };
+    let keys = dicts::keys_311(mem, t.cached_keys)?;
+    let n = n.unwrap_or(keys.nentries).min(keys.nentries).min(1 << 16);
+    let stride = if keys.kind == 0 { 24 } else { 16 };
+    let at = if keys.kind == 0 { 8 } else { 0 };
+    for i in 0..n {
+        if mem.u64(vals + 8 * i)? == d {
+            let k = mem.u64(keys.entries + stride * i + at)?;
+            return strs::read(mem, it, k);
+        }
+    }
+    None
+}
+
+/// A Python identifier (ASCII rules are enough for a label).
+fn is_identifier(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next().is_some_and(|f| f == '_' || f.is_alphabetic())
+        && c.all(|x| x == '_' || x.is_alphanumeric())
 }
 
 /// `["key"]` (a Rust-quoted key from [`referents::labelled`]) as Python
@@ -358,4 +423,18 @@ fn module_name(mem: &Mem, it: &Interpreter, m: u64) -> Option<String> {
         }
     });
     name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_shown_as_python_shows_them() {
+        assert_eq!(py_key("[\"_cache\"]"), "['_cache']");
+        assert_eq!(py_key("[\"it's\"]"), "[\"it's\"]");
+        assert_eq!(py_key("[0x7f00]"), "[0x7f00]");
+        assert!(is_identifier("_cache2"));
+        assert!(!is_identifier("2x") && !is_identifier("a-b") && !is_identifier(""));
+    }
 }
