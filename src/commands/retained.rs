@@ -1,11 +1,17 @@
 //! `memsleuth retained`: the objects that keep the most memory alive.
 //!
-//! The agent streams the whole heap graph (`retained_graph` op: the census
-//! walk plus every object's references and the roots); memsleuth builds the
+//! By default the graph is read from the target's memory ([`collect_memory`]:
+//! a paused copy, walked by `heap::graph` with no code run in the target,
+//! roots and graph built by `analysis::retained::memory`, path names read
+//! from the same copy). With `--inject`, or where the read-only reader does
+//! not support the process, the agent streams the whole heap graph
+//! (`retained_graph` op: the census walk plus every object's references and
+//! the roots) and names only the references on the entries' paths
+//! (`refgraph_labels`), as `why` does. Either way memsleuth builds the
 //! dominator tree, the retained sizes and the MAT-style top entries
-//! (`analysis::retained`), then has the agent name only the references on
-//! the entries' paths (`refgraph_labels`), as `why` does. `why` and `view`
-//! use [`take_retained`] for the retained size of the holders they name.
+//! (`analysis::retained`). `why` and `view` use [`take_retained`] (the agent:
+//! they are in a session already) for the retained size of the holders they
+//! name.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;

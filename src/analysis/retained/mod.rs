@@ -15,7 +15,8 @@
 //! references as `u32` indices in CSR form) and every algorithm here is
 //! iterative: a 2M-object heap with million-long chains must not overflow
 //! the stack. Nothing here does I/O: the graph comes from the agent's
-//! frames ([`agent`]) or from tests.
+//! frames ([`agent`]), from a walk of the target's memory ([`memory`], the
+//! parts `heap::graph` reads) or from tests.
 
 pub mod agent;
 mod build;
