@@ -48,6 +48,8 @@ pub enum Command {
     Gc(GcArgs),
     /// Show why objects are alive: their retainer chains back to a root.
     Why(WhyArgs),
+    /// Show the objects that keep the most memory alive (retained sizes, biggest first).
+    Retained(RetainedArgs),
     /// Start, snapshot, diff or stop tracemalloc inside the process.
     Tracemalloc(TracemallocArgs),
     /// Show the allocators' view (glibc malloc, pymalloc arenas); --probe finds what is reclaimable.
@@ -257,6 +259,23 @@ pub struct WhyArgs {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
     /// Print one JSON document instead of text (with --format dot/svg, the graph is in it).
+    #[arg(long)]
+    pub json: bool,
+    /// Skip the retained size of each holder (it walks the whole heap graph once more).
+    #[arg(long)]
+    pub no_retained: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetainedArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    #[command(flatten)]
+    pub read: HeapReadArgs,
+    /// How many objects to list.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Growth(args) => commands::growth::run(&args),
         Command::Gc(args) => commands::gc::run(&args),
         Command::Why(args) => commands::why::run(&args),
+        Command::Retained(args) => commands::retained::run(&args),
         Command::Tracemalloc(args) => commands::tracemalloc::run(&args),
         Command::Native(args) => commands::native::run(&args),
         Command::View(args) => commands::view::run(&args),

@@ -45,6 +45,7 @@ fn help_texts() {
         "growth",
         "gc",
         "why",
+        "retained",
         "tracemalloc",
         "native",
         "view",

@@ -15,7 +15,10 @@ use std::path::Path;
 
 use memsleuth::analysis::census::Census;
 use memsleuth::render::tui::app::{App, Screen};
-use memsleuth::render::tui::data::{GcLine, ProcPoint, TargetInfo};
+use std::sync::Arc;
+
+use memsleuth::render::tui::app::Loading;
+use memsleuth::render::tui::data::{GcLine, InstanceList, ProcPoint, RetainedSizes, TargetInfo};
 use memsleuth::render::tui::widgets::Theme;
 use memsleuth::render::tui::{self, Command, Update};
 use ratatui::Terminal;
@@ -184,6 +187,52 @@ fn retainer_chain_and_referents() {
     assert!(matches!(&cmds[..], [Command::Referents(_, Some(p)), Command::Why(_)] if *p == id));
     key(&mut a, KeyCode::Backspace);
     assert_eq!(a.screen(), Screen::Object);
+}
+
+#[test]
+fn retained_sizes_on_instances_and_object() {
+    let mut a = drilled();
+    // Before R, `s` on the instances only says what to do.
+    assert!(key(&mut a, KeyCode::Char('s')).is_empty());
+    assert!(!a.inst_by_retained);
+    assert_eq!(key(&mut a, KeyCode::Char('R')), vec![Command::Retained]);
+    // Retained sizes for the sampled instances, the smallest keeping the
+    // most (so that sorting by them reverses the order), and none for one.
+    let list: InstanceList = fixture("instances.json");
+    let n = list.objects.len() as u64;
+    let mut by_id: Vec<(u64, u64, u32)> = list
+        .objects
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, o)| (o.id, 1000 * (i as u64 + 1) + o.size, i as u32 + 1))
+        .collect();
+    by_id.sort_unstable();
+    a.update(Update::Retained(Ok(Arc::new(RetainedSizes {
+        by_id,
+        total_bytes: 1 << 20,
+    }))));
+    snap!("instances_retained", &mut a, 100, 24);
+    key(&mut a, KeyCode::Char('s'));
+    assert!(a.inst_by_retained);
+    let Some(Loading::Ready(sorted)) = &a.instances else {
+        panic!("no instances");
+    };
+    let last = list.objects.last().unwrap().id;
+    assert_eq!(sorted.objects[0].id, last, "most retained first");
+    assert_eq!(
+        sorted.objects[n as usize - 1].id,
+        list.objects[0].id,
+        "unknown last"
+    );
+    snap!("instances_by_retained", &mut a, 100, 24);
+    // The object screen says what it retains.
+    let cmds = key(&mut a, KeyCode::Enter);
+    assert!(matches!(&cmds[..], [Command::Referents(id, None), Command::Why(_)] if *id == last));
+    a.update(Update::Referents(last, Ok(fixture("referents.json"))));
+    let screen = render(&mut a, 100, 24);
+    let title = screen.lines().nth(2).unwrap_or_default();
+    assert!(title.contains("· retains "), "{screen}");
 }
 
 #[test]

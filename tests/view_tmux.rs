@@ -152,6 +152,18 @@ fn drive(interp: &Interpreter) {
         s.contains("app.UserSession"),
         "[{interp}] instances of what?\n{s}"
     );
+    // Retained sizes, then the instances by them.
+    tmux.keys(&["R"]);
+    let s = tmux.wait("retained sizes", |s| s.contains("RETAINED (OBJS)"));
+    let row = first_row(&s, "ADDRESS");
+    assert!(
+        row.contains(" (") && !row.contains("  ?  "),
+        "[{interp}] no retained size on the first instance:\n{s}"
+    );
+    tmux.keys(&["s"]);
+    tmux.wait("the instances by retained size", |s| {
+        s.contains("most retained first")
+    });
     tmux.keys(&["Enter"]);
     let s = tmux.wait("the retainer chain", |s| s.contains("Why alive: held by"));
     assert!(

@@ -10,5 +10,6 @@ pub mod groups;
 pub mod mapdiff;
 pub mod mapview;
 pub mod refgraph;
+pub mod retained;
 pub mod tracemalloc;
 pub mod watch;

@@ -17,6 +17,7 @@ pub mod maps;
 pub mod native;
 pub mod ps;
 pub mod readonly;
+pub mod retained;
 pub mod run;
 pub mod shell;
 pub mod shm;

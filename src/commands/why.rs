@@ -19,7 +19,7 @@ use crate::analysis::refgraph::explain::{self, Labels, LabelsAnswer, RootRecord}
 use crate::analysis::refgraph::{GraphBuilder, GraphError, RootKind, Scratch};
 use crate::cli::{GraphFormat, WhyArgs};
 use crate::inject::attach::Attached;
-use crate::render::why::{GraphOutput, HeapStats, Query, WhyReport};
+use crate::render::why::{GraphOutput, HeapStats, HolderRetained, Query, WhyReport};
 use crate::render::{graph, why};
 
 /// Edges named per `refgraph_labels` request (each scans the heap once).
@@ -71,7 +71,10 @@ pub fn run(args: &WhyArgs) -> CmdResult {
         samples: args.samples as usize,
         depth: args.depth as usize,
     };
-    let mut report = super::with_session(&args.attach, |attached| collect(attached, &query))?;
+    let retained = !args.no_retained;
+    let mut report = super::with_session(&args.attach, |attached| {
+        collect_with(attached, &query, retained)
+    })?;
     let found = !report.paths.is_empty();
     let mut body = String::new();
     let mut note = None;
@@ -133,8 +136,13 @@ pub fn run(args: &WhyArgs) -> CmdResult {
     }
     if !args.json {
         eprintln!(
-            "memsleuth: attach {:.2} s, graph {:.2} s, labels {:.2} s, analysis {:.2} s (GIL held in the target {:.2} s)",
-            report.attach_s, report.collect_s, report.labels_s, report.analysis_s, report.gil_s
+            "memsleuth: attach {:.2} s, graph {:.2} s, labels {:.2} s, analysis {:.2} s, retained sizes {:.2} s (GIL held in the target {:.2} s)",
+            report.attach_s,
+            report.collect_s,
+            report.labels_s,
+            report.analysis_s,
+            report.retained_s,
+            report.gil_s
         );
     }
     Ok(if found {
@@ -150,8 +158,18 @@ fn remote(op: &str, resp: &crate::agent::Response) -> anyhow::Error {
 }
 
 /// Runs the query in the session: the graph, the search, the labels (also
-/// used by `memsleuth view` for one object at a time).
+/// used by `memsleuth view` for one object at a time); no retained sizes.
 pub fn collect(attached: &mut Attached, query: &Query) -> anyhow::Result<WhyReport> {
+    collect_with(attached, query, false)
+}
+
+/// [`collect`], and with `retained` the retained size of each group's
+/// holder (one more walk of the whole heap graph).
+pub fn collect_with(
+    attached: &mut Attached,
+    query: &Query,
+    retained: bool,
+) -> anyhow::Result<WhyReport> {
     let samples = query.samples;
     let depth = query.depth;
     let t_collect = Instant::now();
@@ -255,6 +273,18 @@ pub fn collect(attached: &mut Attached, query: &Query) -> anyhow::Result<WhyRepo
     let groups = explain::aggregate(&paths, &labels.roots);
     analysis_s += t_explain.elapsed().as_secs_f64();
 
+    let t_retained = Instant::now();
+    let holders = if retained && !groups.is_empty() {
+        holders_retained(attached, &groups, &paths)?
+    } else {
+        Vec::new()
+    };
+    let retained_s = if retained {
+        t_retained.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
+
     let mut root_counts = BTreeMap::new();
     for (kind, n) in g.root_counts() {
         let name = serde_json::to_value(kind)
@@ -293,7 +323,67 @@ pub fn collect(attached: &mut Attached, query: &Query) -> anyhow::Result<WhyRepo
         labels_s,
         analysis_s,
         graph: None,
+        holders,
+        retained_s,
     })
+}
+
+/// The holder of a group: the deepest object every member's path runs
+/// through, short of the samples themselves (for one sample, the object
+/// that refers to it).
+fn holder_of(g: &explain::Group, paths: &[explain::ExplainedPath]) -> Option<u64> {
+    let members: Vec<&explain::ExplainedPath> =
+        g.members.iter().filter_map(|&m| paths.get(m)).collect();
+    let first = members.first()?;
+    let mut common = 0;
+    while common < first.nodes.len()
+        && members
+            .iter()
+            .all(|p| p.nodes.get(common).map(|n| n.id) == Some(first.nodes[common].id))
+    {
+        common += 1;
+    }
+    // Short of the sample itself, and of the root.
+    let shortest = members.iter().map(|p| p.nodes.len()).min()?;
+    let k = common.min(shortest.saturating_sub(1));
+    (k >= 2).then(|| first.nodes[k - 1].id)
+}
+
+/// The retained size of each group's holder, from the dominator tree of the
+/// whole heap graph.
+fn holders_retained(
+    attached: &mut Attached,
+    groups: &[explain::Group],
+    paths: &[explain::ExplainedPath],
+) -> anyhow::Result<Vec<HolderRetained>> {
+    let ids: Vec<Option<u64>> = groups.iter().map(|g| holder_of(g, paths)).collect();
+    let want: Vec<u64> = ids.iter().flatten().copied().collect();
+    if want.is_empty() {
+        return Ok(Vec::new());
+    }
+    let r = super::retained::take_retained(&mut attached.session)?;
+    let sizes = r.of_many(&want);
+    let g = &r.graph.graph;
+    let mut out = Vec::new();
+    let mut k = 0;
+    for (gi, id) in ids.iter().enumerate() {
+        let Some(id) = *id else { continue };
+        if let Some(Some((bytes, count))) = sizes.get(k) {
+            let ty = g
+                .node_of(id)
+                .map(|n| g.type_name(n).to_string())
+                .unwrap_or_default();
+            out.push(HolderRetained {
+                group: gi,
+                id,
+                type_name: explain::clean(&ty, 80),
+                retained_bytes: *bytes,
+                count: *count,
+            });
+        }
+        k += 1;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -379,3 +379,62 @@ fn a_free_threaded_runtime_is_refused_in_one_sentence() {
     assert!(matches!(e, HeapError::FreeThreaded(_)), "{e}");
     assert_eq!(e.to_string().matches(". ").count(), 0, "one sentence: {e}");
 }
+
+// The retained-size graph (heap::graph) on the same heaps.
+
+fn graph_of(h: &Heap) -> (crate::analysis::retained::HeapGraph, u64, Vec<String>) {
+    let it = h.locate().unwrap();
+    let read = super::graph::read_graph(&h.mem, &it).unwrap();
+    let (g, stats) = crate::analysis::retained::memory::build(read.parts).unwrap();
+    (g, stats.held_from_c, read.warnings)
+}
+
+#[test]
+fn the_graph_of_a_well_formed_fake_heap_is_exact() {
+    let (h, lists) = populated();
+    let (g, held, warnings) = graph_of(&h);
+    assert_eq!(g.len(), 31);
+    assert_eq!(g.edge_count(), 30);
+    // Nothing refers to the lists (refcount 1): each is held from C.
+    assert_eq!(held, 10);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let dom = crate::analysis::retained::dominators(&g);
+    let l = g.node_of(lists[0]).unwrap() as usize;
+    // Its own two ints, not the one all ten share.
+    assert_eq!(dom.count[l], 3);
+    let it = h.locate().unwrap();
+    let int0 = h
+        .mem
+        .read_u64(h.mem.read_u64(lists[0] + 24).unwrap())
+        .unwrap();
+    let ans = super::graph::labels(&h.mem, &it, &[(lists[0], int0)], &[lists[0]]);
+    assert_eq!(ans.edges[0].2, "index");
+    assert_eq!(ans.edges[0].3, "[0]");
+    assert_eq!(ans.nodes[&lists[0].to_string()].len, Some(3));
+}
+
+#[test]
+fn the_graph_of_a_hostile_heap_is_bounded() {
+    let (mut h, lists) = populated();
+    let arr = h.alloc(16);
+    h.mem.w64(arr, lists[0]);
+    h.mem.w64(arr + 8, lists[1]);
+    h.mem.w64(lists[0] + 16, 2);
+    h.mem.w64(lists[0] + 24, arr);
+    h.mem.w64(lists[5] + 16, 1 << 40);
+    h.mem.w64(lists[5] + 32, 1 << 62);
+    let (g, _, _) = graph_of(&h);
+    assert!(g.len() <= 31);
+    for seed in 0..8 {
+        let (mut h, lists) = populated();
+        h.mem.garbage = Some(seed);
+        h.mem.w64(lists[4] - 16, 0x4000_0000_0000 + 0x1000 * seed);
+        h.mem.w64(lists[6] + 24, 0x3000_0000_0000);
+        let (g, _, warnings) = graph_of(&h);
+        assert!(g.len() >= 5);
+        assert!(!warnings.is_empty());
+        let it = h.locate().unwrap();
+        let edges: Vec<(u64, u64)> = lists.iter().map(|&l| (l, 0x3000_0000_0000)).collect();
+        let _ = super::graph::labels(&h.mem, &it, &edges, &lists);
+    }
+}

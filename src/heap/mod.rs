@@ -26,6 +26,7 @@ pub mod copied;
 pub mod dicts;
 pub mod error;
 pub mod gcstate;
+pub mod graph;
 #[cfg(test)]
 mod hostile;
 pub mod layout;

@@ -8,6 +8,7 @@ pub mod graph;
 pub mod html;
 pub mod maps;
 pub mod prometheus;
+pub mod retained;
 pub mod table;
 pub mod tracemalloc;
 pub mod tui;

@@ -7,23 +7,13 @@ use crate::analysis::refgraph::PathStatus;
 use crate::render::graph::{Edge, Graph, Node, Role};
 
 pub use crate::analysis::refgraph::report::{
-    GraphOutput, HeapStats, Query, WhyReport, group_sentence,
+    GraphOutput, HeapStats, HolderRetained, Query, WhyReport, group_sentence,
 };
 
 /// Most objects drawn in a graph (paths beyond that are left out).
 pub const GRAPH_MAX_NODES: usize = 400;
 
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+use crate::units::thousands_u64 as thousands;
 
 fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
     if n == 1 { one } else { many }
@@ -77,6 +67,20 @@ pub fn text(r: &WhyReport) -> String {
             out.push_str("    e.g. ");
             out.push_str(&g.example);
             out.push('\n');
+        }
+        for h in r
+            .holders
+            .iter()
+            .filter(|h| std::ptr::eq(&r.groups[h.group], g))
+        {
+            out.push_str(&format!(
+                "    retained: {} ({} {}) would be freed with the {} at {:#x}\n",
+                crate::render::units::bytes(h.retained_bytes),
+                thousands(h.count),
+                plural(h.count as usize, "object", "objects"),
+                h.type_name,
+                h.id
+            ));
         }
     }
     out
@@ -254,6 +258,8 @@ mod tests {
             labels_s: 0.01,
             analysis_s: 0.05,
             graph: None,
+            holders: Vec::new(),
+            retained_s: 0.0,
         }
     }
 

@@ -25,6 +25,15 @@ pub const AGENT_PLUGINS: &[&str] = &[
     ),
     include_str!("../plugins/gcstate.py"),
     include_str!("../plugins/refgraph.py"),
+    // Retained sizes: the census's walk plus references and roots (it uses
+    // refgraph's stack and module helpers).
+    concat!(
+        include_str!("../plugins/census_own.py"),
+        include_str!("../plugins/census_types.py"),
+        include_str!("../plugins/census.py"),
+        include_str!("../plugins/refgraph.py"),
+        include_str!("../plugins/retained.py")
+    ),
     include_str!("../plugins/watch.py"),
     include_str!("../plugins/shell.py"),
 ];

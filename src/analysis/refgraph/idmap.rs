@@ -4,7 +4,7 @@
 /// are addresses, so the low bits carry little; the multiply spreads them).
 /// Id 0 is never stored (it separates records).
 #[derive(Debug, Clone, Default)]
-pub(super) struct IdMap {
+pub(crate) struct IdMap {
     keys: Vec<u64>,
     vals: Vec<u32>,
     len: usize,
@@ -12,7 +12,7 @@ pub(super) struct IdMap {
 }
 
 impl IdMap {
-    pub(super) fn with_capacity(n: usize) -> IdMap {
+    pub(crate) fn with_capacity(n: usize) -> IdMap {
         let slots = (n.max(8) * 2).next_power_of_two();
         IdMap {
             keys: vec![0; slots],
@@ -26,7 +26,7 @@ impl IdMap {
         (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
-    pub(super) fn get(&self, k: u64) -> Option<u32> {
+    pub(crate) fn get(&self, k: u64) -> Option<u32> {
         if k == 0 || self.keys.is_empty() {
             return None;
         }
@@ -42,7 +42,7 @@ impl IdMap {
     }
 
     /// The index of `k`, inserting `next` if it is new. `k` must not be 0.
-    pub(super) fn intern(&mut self, k: u64, next: u32) -> (u32, bool) {
+    pub(crate) fn intern(&mut self, k: u64, next: u32) -> (u32, bool) {
         if (self.len + 1) * 2 > self.keys.len() {
             self.grow();
         }

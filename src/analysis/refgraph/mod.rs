@@ -16,7 +16,7 @@ pub mod report;
 
 mod aggregate;
 mod build;
-mod idmap;
+pub(crate) mod idmap;
 mod labels;
 mod names;
 mod search;

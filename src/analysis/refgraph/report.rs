@@ -27,6 +27,22 @@ pub struct Query {
     pub depth: usize,
 }
 
+/// The retained size of the holder a group names.
+#[derive(Debug, Clone, Serialize)]
+pub struct HolderRetained {
+    /// Index into `groups`.
+    pub group: usize,
+    /// The holder's id() (the deepest object every sample of the group
+    /// is reached through, short of the samples themselves).
+    pub id: u64,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Bytes freed if the holder went away (what only it keeps alive).
+    pub retained_bytes: u64,
+    /// Objects freed with it.
+    pub count: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HeapStats {
     /// gc-tracked objects in the graph.
@@ -75,6 +91,10 @@ pub struct WhyReport {
     pub analysis_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graph: Option<GraphOutput>,
+    /// Retained size of each group's holder (empty with `--no-retained`).
+    pub holders: Vec<HolderRetained>,
+    /// Collecting the heap graph and its dominator tree for them.
+    pub retained_s: f64,
 }
 
 impl WhyReport {

@@ -21,7 +21,9 @@ use crate::commands::gc::call;
 use crate::commands::types::{CensusRequest, take_census};
 use crate::inject::attach::Attached;
 use crate::process::Process;
-use crate::render::tui::data::{Chain, GcLine, InstanceList, InstanceQuery, Referents};
+use crate::render::tui::data::{
+    Chain, GcLine, InstanceList, InstanceQuery, Referents, RetainedSizes,
+};
 use crate::render::tui::{Command, Update};
 use crate::render::why::Query;
 
@@ -108,6 +110,7 @@ fn label(c: &Command) -> &'static str {
         Command::Instances(_) => "sampling instances",
         Command::Referents(..) => "reading the object",
         Command::Why(_) => "walking the reference graph",
+        Command::Retained => "computing retained sizes",
         Command::Gc => "reading the collector",
         Command::Maps => "reading mappings",
         Command::Quit => "detaching",
@@ -121,6 +124,7 @@ fn failed(c: &Command, why: &str) -> Update {
         Command::Instances(_) => Update::Instances(Err(e)),
         Command::Referents(id, _) => Update::Referents(*id, Err(e)),
         Command::Why(id) => Update::Why(*id, Err(e)),
+        Command::Retained => Update::Retained(Err(e)),
         Command::Gc => Update::Gc(Err(e)),
         Command::Maps => Update::Maps(Err(e)),
         Command::Quit => Update::Idle,
@@ -182,6 +186,26 @@ fn handle(
                 rec.write("why", c);
             }
             vec![Update::Why(*id, r)]
+        }
+        Command::Retained => {
+            let r = super::super::retained::take_retained(&mut attached.session)
+                .map(|r| {
+                    let g = &r.graph.graph;
+                    let mut by_id: Vec<(u64, u64, u32)> = g
+                        .addr
+                        .iter()
+                        .zip(&r.dom.retained)
+                        .zip(&r.dom.count)
+                        .map(|((&a, &b), &n)| (a, b, n))
+                        .collect();
+                    by_id.sort_unstable_by_key(|e| e.0);
+                    std::sync::Arc::new(RetainedSizes {
+                        by_id,
+                        total_bytes: r.dom.total,
+                    })
+                })
+                .map_err(err);
+            vec![Update::Retained(r)]
         }
         Command::Gc => {
             let r = super::super::gc::read_report(attached, proc, 25, GC_INTERVAL, false);

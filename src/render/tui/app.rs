@@ -5,11 +5,13 @@
 //! is given (`now`), never read, so frames are deterministic.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use ratatui::widgets::TableState;
 
 use super::data::{
-    Chain, GcLine, InstanceList, InstanceQuery, MapsView, ProcPoint, Referents, TargetInfo,
+    Chain, GcLine, InstanceList, InstanceQuery, MapsView, ProcPoint, Referents, RetainedSizes,
+    TargetInfo,
 };
 use super::types::{self, Base, Sort, TypeLine};
 use super::widgets::Theme;
@@ -32,6 +34,8 @@ pub enum Command {
     /// reached from) finds it when the collector does not track it.
     Referents(u64, Option<u64>),
     Why(u64),
+    /// The dominator tree of the whole heap: every object's retained size.
+    Retained,
     Gc,
     Maps,
     /// Stop, detach, and report `Update::Detached`.
@@ -52,6 +56,7 @@ pub enum Update {
     Instances(Result<InstanceList, String>),
     Referents(u64, Result<Referents, String>),
     Why(u64, Result<Chain, String>),
+    Retained(Result<Arc<RetainedSizes>, String>),
     Gc(Result<Box<GcReport>, String>),
     Maps(Result<MapsView, String>),
     Detached(Result<(), String>),
@@ -164,6 +169,10 @@ pub struct App {
     pub objects: Vec<ObjectFrame>,
     pub referents: HashMap<u64, Loading<Referents>>,
     pub chains: HashMap<u64, Loading<Chain>>,
+    /// Retained sizes (after `R`).
+    pub retained: Option<Loading<Arc<RetainedSizes>>>,
+    /// The instances are listed by retained size (else by size).
+    pub inst_by_retained: bool,
     pub gc: Option<Loading<GcReport>>,
     pub gc_scroll: u16,
     pub maps: Option<Loading<MapsView>>,
@@ -203,6 +212,8 @@ impl App {
             objects: Vec::new(),
             referents: HashMap::new(),
             chains: HashMap::new(),
+            retained: None,
+            inst_by_retained: false,
             gc: None,
             gc_scroll: 0,
             maps: None,
@@ -272,7 +283,19 @@ impl App {
                     self.error(format!("listing instances failed: {e}"));
                 }
                 self.instances = Some(Loading::from(r));
+                self.sort_instances();
                 self.inst_state.select(Some(0));
+            }
+            Update::Retained(r) => {
+                match &r {
+                    Err(e) => self.error(format!("retained sizes failed: {e}")),
+                    Ok(s) => self.note(format!(
+                        "retained sizes of {} objects (s on the instances sorts by them)",
+                        s.by_id.len()
+                    )),
+                }
+                self.retained = Some(Loading::from(r));
+                self.sort_instances();
             }
             Update::Referents(id, r) => {
                 self.referents.insert(id, Loading::from(r));
@@ -364,6 +387,40 @@ impl App {
     pub fn selected_line(&self) -> Option<&TypeLine> {
         let i = self.types_state.selected()?;
         self.lines.get(*self.visible.get(i)?)
+    }
+
+    /// Whether retained sizes have been computed.
+    pub fn retained_of_any(&self) -> bool {
+        matches!(self.retained, Some(Loading::Ready(_)))
+    }
+
+    /// The retained size of `id`, once computed.
+    pub fn retained_of(&self, id: u64) -> Option<(u64, u32)> {
+        match &self.retained {
+            Some(Loading::Ready(s)) => s.get(id),
+            _ => None,
+        }
+    }
+
+    /// Orders the sampled instances by size, or by retained size when
+    /// asked and known (unknown ones last).
+    pub(super) fn sort_instances(&mut self) {
+        let sizes = match (&self.retained, self.inst_by_retained) {
+            (Some(Loading::Ready(s)), true) => Some(Arc::clone(s)),
+            _ => None,
+        };
+        if let Some(Loading::Ready(list)) = &mut self.instances {
+            match sizes {
+                Some(s) => list.objects.sort_by(|a, b| {
+                    let ra = s.get(a.id).map(|x| x.0);
+                    let rb = s.get(b.id).map(|x| x.0);
+                    rb.cmp(&ra).then(b.size.cmp(&a.size)).then(a.id.cmp(&b.id))
+                }),
+                None => list
+                    .objects
+                    .sort_by(|a, b| b.size.cmp(&a.size).then(a.id.cmp(&b.id))),
+            }
+        }
     }
 
     /// Selects the object itself (the last step) once its chain arrives.

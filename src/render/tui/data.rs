@@ -91,6 +91,24 @@ impl InstanceList {
     }
 }
 
+/// Retained sizes of every object in the heap graph (`R`), by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetainedSizes {
+    /// (id, retained bytes, objects retained), sorted by id.
+    pub by_id: Vec<(u64, u64, u32)>,
+    /// Sum of every object's size.
+    pub total_bytes: u64,
+}
+
+impl RetainedSizes {
+    /// (retained bytes, objects) of the object `id`.
+    pub fn get(&self, id: u64) -> Option<(u64, u32)> {
+        let i = self.by_id.binary_search_by_key(&id, |e| e.0).ok()?;
+        let (_, b, n) = self.by_id[i];
+        Some((b, n))
+    }
+}
+
 /// What the agent says about an object (as for the nodes of a path).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeDesc {

@@ -10,6 +10,18 @@ use super::app::{App, Loading};
 use super::widgets::{fit, safe, thousands, window};
 use crate::render::units::bytes_short;
 
+/// `  1.2M (3,401)`, or `?` for an object the graph did not have.
+pub fn retained_cell(r: Option<(u64, u32)>) -> String {
+    match r {
+        Some((b, n)) => format!(
+            "{:>9} {:>8}",
+            bytes_short(b),
+            format!("({})", thousands(u64::from(n)))
+        ),
+        None => format!("{:>9}", "?"),
+    }
+}
+
 pub fn draw(f: &mut Frame, area: Rect, app: &mut App) {
     let th = app.theme;
     let (title, body): (Vec<Span>, Option<&str>) = match &app.instances {
@@ -25,9 +37,14 @@ pub fn draw(f: &mut Frame, area: Rect, app: &mut App) {
             vec![
                 Span::styled(format!(" {} ", fit(&safe(&list.name), 40)), th.title()),
                 Span::raw(format!(
-                    "{} live, {} sampled, largest first ",
+                    "{} live, {} sampled, {} ",
                     thousands(list.live),
-                    list.objects.len()
+                    list.objects.len(),
+                    if app.inst_by_retained && app.retained_of_any() {
+                        "most retained first"
+                    } else {
+                        "largest first"
+                    }
                 )),
                 Span::styled("│ Enter: why is it alive ", th.dim()),
             ],
@@ -56,7 +73,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &mut App) {
     };
     app.page = inner.height.saturating_sub(1) as usize;
     let (first, mut state) = window(&mut app.inst_state, list.objects.len(), app.page);
-    let repr_w = (inner.width as usize).saturating_sub(2 + 14 + 9 + 2);
+    // The retained column once `R` has computed them.
+    let with_retained = app.retained_of_any();
+    let ret_w = if with_retained { 20 } else { 0 };
+    let repr_w = (inner.width as usize).saturating_sub(2 + 14 + 9 + 2 + ret_w);
     let rows: Vec<Row> = list
         .objects
         .iter()
@@ -67,24 +87,29 @@ pub fn draw(f: &mut Frame, area: Rect, app: &mut App) {
                 .repr
                 .as_deref()
                 .map_or_else(|| "(gone)".to_string(), |r| fit(&safe(r), repr_w));
-            Row::new(vec![
+            let mut cells = vec![
                 Cell::from(format!("{:#x}", o.id)),
                 Cell::from(format!("{:>9}", bytes_short(o.size))),
-                Cell::from(repr),
-            ])
+            ];
+            if with_retained {
+                cells.push(Cell::from(retained_cell(app.retained_of(o.id))));
+            }
+            cells.push(Cell::from(repr));
+            Row::new(cells)
         })
         .collect();
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(14),
-            Constraint::Length(9),
-            Constraint::Fill(1),
-        ],
-    )
-    .header(Row::new(vec!["ADDRESS", "     SIZE", "REPR"]).style(th.heading()))
-    .row_highlight_style(th.selected())
-    .highlight_symbol("> ")
-    .highlight_spacing(HighlightSpacing::Always);
+    let mut widths = vec![Constraint::Length(14), Constraint::Length(9)];
+    let mut heads = vec!["ADDRESS", "     SIZE"];
+    if with_retained {
+        widths.push(Constraint::Length(18));
+        heads.push("   RETAINED (OBJS)");
+    }
+    widths.push(Constraint::Fill(1));
+    heads.push("REPR");
+    let table = Table::new(rows, widths)
+        .header(Row::new(heads).style(th.heading()))
+        .row_highlight_style(th.selected())
+        .highlight_symbol("> ")
+        .highlight_spacing(HighlightSpacing::Always);
     f.render_stateful_widget(table, inner, &mut state);
 }

@@ -95,6 +95,25 @@ impl App {
                 self.editing = true;
                 Vec::new()
             }
+            KeyCode::Char('R') => {
+                self.retained = Some(Loading::Pending);
+                vec![Command::Retained]
+            }
+            KeyCode::Char('s') if self.screen() == Screen::Instances => {
+                if matches!(self.retained, Some(Loading::Ready(_))) {
+                    self.inst_by_retained = !self.inst_by_retained;
+                    self.sort_instances();
+                    self.inst_state.select(Some(0));
+                    self.note(if self.inst_by_retained {
+                        "instances by retained size"
+                    } else {
+                        "instances by size"
+                    });
+                } else {
+                    self.note("press R first: it computes every object's retained size");
+                }
+                Vec::new()
+            }
             KeyCode::Char('s') => {
                 self.sort = self.sort.next();
                 self.recompute();

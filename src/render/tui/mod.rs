@@ -84,6 +84,8 @@ fn hints(app: &App, screen: Screen) -> &'static [(&'static str, &'static str)] {
         Screen::Instances => &[
             ("Enter", "why alive"),
             ("Bksp", "back"),
+            ("R", "retained"),
+            ("s", "sort"),
             ("r", "resample"),
             ("?", "help"),
             ("q", "quit"),
@@ -92,6 +94,7 @@ fn hints(app: &App, screen: Screen) -> &'static [(&'static str, &'static str)] {
             ("Enter", "open"),
             ("Tab", "chain/referents"),
             ("Bksp", "back"),
+            ("R", "retained"),
             ("?", "help"),
             ("q", "quit"),
         ],

@@ -10,7 +10,8 @@ use ratatui::widgets::{
 };
 
 use super::app::{App, Loading, Pane};
-use super::data::{Chain, Referents};
+use super::data::{Chain, Referents, RetainedSizes};
+use super::instances::retained_cell;
 use super::widgets::{Theme, fit, safe, thousands, window};
 use crate::render::units::bytes_short;
 
@@ -37,6 +38,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &mut App) {
     ];
     if let Some(s) = size {
         title.push(Span::raw(format!("· {} ", bytes_short(s))));
+    }
+    match (app.retained_of_any(), app.retained_of(id)) {
+        (true, Some((b, n))) => title.push(Span::raw(format!(
+            "· retains {} ({} objects) ",
+            bytes_short(b),
+            thousands(u64::from(n))
+        ))),
+        (true, None) => title.push(Span::styled("· retained size unknown ", th.dim())),
+        (false, _) => {}
     }
     if app.objects.len() > 1 {
         title.push(Span::styled(
@@ -69,6 +79,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &mut App) {
         repr_area,
     );
 
+    let retained = match &app.retained {
+        Some(Loading::Ready(s)) => Some(std::sync::Arc::clone(s)),
+        _ => None,
+    };
     let Some(frame) = app.objects.last_mut() else {
         return;
     };
@@ -88,6 +102,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &mut App) {
         refs.as_ref(),
         &mut frame.ref_state,
         focus == Pane::Referents,
+        retained.as_deref(),
     );
     app.page = if focus == Pane::Chain {
         page_chain
@@ -183,6 +198,7 @@ fn draw_chain(
     f.render_stateful_widget(table, body, &mut win);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn draw_refs(
     f: &mut Frame,
     area: Rect,
@@ -190,6 +206,7 @@ fn draw_refs(
     refs: Option<&Loading<Referents>>,
     state: &mut TableState,
     focused: bool,
+    retained: Option<&RetainedSizes>,
 ) {
     let r = match refs {
         Some(Loading::Ready(r)) => r,
@@ -229,7 +246,8 @@ fn draw_refs(
     }
     let page = body.height.saturating_sub(1) as usize;
     let (first, mut win) = window(state, r.referents.len(), page);
-    let repr_w = (body.width as usize).saturating_sub(2 + 18 + 8 + 18 + 3);
+    let ret_w = if retained.is_some() { 19 } else { 0 };
+    let repr_w = (body.width as usize).saturating_sub(2 + 18 + 8 + 18 + 3 + ret_w);
     let rows: Vec<Row> = r
         .referents
         .iter()
@@ -241,29 +259,36 @@ fn draw_refs(
             } else {
                 safe(&x.label)
             };
-            Row::new(vec![
+            let mut cells = vec![
                 Cell::from(fit(&label, 18)),
                 Cell::from(format!("{:>8}", bytes_short(x.size))),
-                Cell::from(fit(&safe(&x.node.type_name), 18)),
-                Cell::from(fit(&safe(x.repr.as_deref().unwrap_or("")), repr_w)),
-            ])
+            ];
+            if let Some(s) = retained {
+                cells.push(Cell::from(retained_cell(s.get(x.id))));
+            }
+            cells.push(Cell::from(fit(&safe(&x.node.type_name), 18)));
+            cells.push(Cell::from(fit(
+                &safe(x.repr.as_deref().unwrap_or("")),
+                repr_w,
+            )));
+            Row::new(cells)
         })
         .collect();
     if !focused {
         win.select(None);
     }
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(18),
-            Constraint::Length(8),
-            Constraint::Length(18),
-            Constraint::Fill(1),
-        ],
-    )
-    .header(Row::new(vec!["REFERENCE", "    SIZE", "TYPE", "REPR"]).style(th.heading()))
-    .row_highlight_style(th.selected())
-    .highlight_symbol("> ")
-    .highlight_spacing(HighlightSpacing::Always);
+    let mut widths = vec![Constraint::Length(18), Constraint::Length(8)];
+    let mut heads = vec!["REFERENCE", "    SIZE"];
+    if retained.is_some() {
+        widths.push(Constraint::Length(18));
+        heads.push("   RETAINED (OBJS)");
+    }
+    widths.extend([Constraint::Length(18), Constraint::Fill(1)]);
+    heads.extend(["TYPE", "REPR"]);
+    let table = Table::new(rows, widths)
+        .header(Row::new(heads).style(th.heading()))
+        .row_highlight_style(th.selected())
+        .highlight_symbol("> ")
+        .highlight_spacing(HighlightSpacing::Always);
     f.render_stateful_widget(table, body, &mut win);
 }
