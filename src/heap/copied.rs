@@ -5,13 +5,12 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use super::space::{AddressSpace, LiveLazy};
+use super::space::{AddressSpace, CopiedRegions};
 use crate::process::Process;
 
 #[doc(hidden)]
 pub struct Copied {
-    regions: Vec<(u64, Vec<u8>)>,
-    lazy: LiveLazy,
+    space: CopiedRegions,
     pub bytes: u64,
 }
 
@@ -37,33 +36,19 @@ impl Copied {
             bytes += buf.len() as u64;
             regions.push((m.start, buf));
         }
-        regions.sort_by_key(|r| r.0);
         Ok(Copied {
-            regions,
-            lazy: LiveLazy { pid },
+            space: CopiedRegions::new(pid, regions),
             bytes,
         })
-    }
-
-    #[inline]
-    fn find(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        let i = self.regions.partition_point(|r| r.0 <= addr);
-        let (start, data) = self.regions.get(i.checked_sub(1)?)?;
-        let off = (addr - start) as usize;
-        data.get(off..off.checked_add(len)?)
     }
 }
 
 impl AddressSpace for Copied {
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        if let Some(s) = self.find(addr, buf.len()) {
-            buf.copy_from_slice(s);
-            return true;
-        }
-        self.lazy.read(addr, buf)
+        self.space.read(addr, buf)
     }
 
     fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        self.find(addr, len)
+        self.space.slice(addr, len)
     }
 }

@@ -49,3 +49,43 @@ impl AddressSpace for LiveLazy {
         crate::process::memory::read(self.pid, addr, buf).is_ok()
     }
 }
+
+/// Regions copied out of a live process, `(start, bytes)`, with reads that
+/// fall outside them (type names in read-only data, a mapping that
+/// appeared since) going to the live process.
+pub struct CopiedRegions {
+    regions: Vec<(u64, Vec<u8>)>,
+    lazy: LiveLazy,
+}
+
+impl CopiedRegions {
+    pub fn new(pid: u32, mut regions: Vec<(u64, Vec<u8>)>) -> CopiedRegions {
+        regions.sort_by_key(|r| r.0);
+        CopiedRegions {
+            regions,
+            lazy: LiveLazy { pid },
+        }
+    }
+
+    #[inline]
+    fn find(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let i = self.regions.partition_point(|r| r.0 <= addr);
+        let (start, data) = self.regions.get(i.checked_sub(1)?)?;
+        let off = usize::try_from(addr - start).ok()?;
+        data.get(off..off.checked_add(len)?)
+    }
+}
+
+impl AddressSpace for CopiedRegions {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        if let Some(s) = self.find(addr, buf.len()) {
+            buf.copy_from_slice(s);
+            return true;
+        }
+        self.lazy.read(addr, buf)
+    }
+
+    fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        self.find(addr, len)
+    }
+}

@@ -21,7 +21,7 @@ use crate::analysis::doctor::PythonSide;
 use crate::analysis::doctor::rates::is_thread_stack;
 pub use crate::analysis::doctor::report::OutsideStats;
 use crate::analysis::gcstate::{GarbageScan, GarbageTypeRaw, GcBasics};
-use crate::heap::space::{AddressSpace, LiveLazy};
+use crate::heap::space::{CopiedRegions, LiveLazy};
 use crate::heap::{CensusOptions, Interpreter};
 use crate::process::Process;
 use crate::process::freeze::Freeze;
@@ -60,33 +60,7 @@ type Regions = Vec<(u64, Vec<u8>)>;
 
 /// The copied memory of one census; reads outside it go to the live
 /// process (type names in read-only data, a mapping that appeared).
-struct HeapCopy {
-    regions: Regions,
-    lazy: LiveLazy,
-}
-
-impl HeapCopy {
-    fn find(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        let i = self.regions.partition_point(|r| r.0 <= addr);
-        let (start, data) = self.regions.get(i.checked_sub(1)?)?;
-        let off = usize::try_from(addr - start).ok()?;
-        data.get(off..off.checked_add(len)?)
-    }
-}
-
-impl AddressSpace for HeapCopy {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        if let Some(s) = self.find(addr, buf.len()) {
-            buf.copy_from_slice(s);
-            return true;
-        }
-        self.lazy.read(addr, buf)
-    }
-
-    fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        self.find(addr, len)
-    }
-}
+type HeapCopy = CopiedRegions;
 
 impl Outside {
     /// Finds the interpreter's state in `pid`'s memory; the error is one
@@ -173,15 +147,11 @@ impl Outside {
         })();
         // Resumed on every path (dropping the freeze resumes too).
         let paused = freeze.resume().as_secs_f64();
-        let (mut regions, total) = copied?;
+        let (regions, total) = copied?;
         self.stats.paused_s += paused;
         self.stats.max_pause_s = self.stats.max_pause_s.max(paused);
         self.stats.copied_bytes = self.stats.copied_bytes.max(total);
-        regions.sort_by_key(|r| r.0);
-        Ok(HeapCopy {
-            regions,
-            lazy: LiveLazy { pid },
-        })
+        Ok(CopiedRegions::new(pid, regions))
     }
 
     /// One census (complete unless `gc_only`), with object ids (for
