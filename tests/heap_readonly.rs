@@ -16,7 +16,9 @@ use memsleuth::heap::copied::Copied;
 use memsleuth::heap::mem::Mem;
 use memsleuth::heap::space::{AddressSpace, LiveLazy};
 use memsleuth::heap::types::Types;
-use memsleuth::heap::{CensusOptions, Interpreter, census, locate, referents, sizes, walk};
+use memsleuth::heap::{
+    CensusOptions, Interpreter, census, census_parallel, locate, referents, sizes, walk,
+};
 use serde_json::Value;
 
 fn open(t: &Target) -> (Interpreter, Copied) {
@@ -133,6 +135,13 @@ fn read_only_census_matches_the_interpreter_and_the_agent() {
         // 1. The walk, then the interpreter's own count.
         let (mine, frozen) = tracked_by_type(&space, &interp);
         let hc = census(&space, &interp, &CensusOptions::default()).unwrap();
+        // The census on three threads finds the very same rows.
+        let par = census_parallel(&space, &interp, &CensusOptions::default(), 3).unwrap();
+        assert_eq!(
+            format!("{:?}", par.census.rows),
+            format!("{:?}", hc.census.rows),
+            "[{label}] census on 3 threads"
+        );
         assert!(
             hc.warnings.is_empty(),
             "[{label}] warnings {:?}",

@@ -51,4 +51,8 @@ impl AddressSpace for Copied {
     fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
         self.space.slice(addr, len)
     }
+
+    fn ranges(&self) -> Vec<(u64, u64)> {
+        self.space.ranges()
+    }
 }

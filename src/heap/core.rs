@@ -454,6 +454,15 @@ impl AddressSpace for CoreFile {
     fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
         self.piece(addr, len).filter(|p| p.len() == len)
     }
+
+    fn ranges(&self) -> Vec<(u64, u64)> {
+        // Writable segments: where objects live.
+        self.segs
+            .iter()
+            .filter(|s| s.flags & elf::PF_W != 0 && s.filesz > 0)
+            .map(|s| (s.vaddr, s.vaddr.saturating_add(s.memsz)))
+            .collect()
+    }
 }
 
 /// Byte ranges of an ELF file's first page that loading never changes:

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::census::{CensusOptions, census};
+use super::census::{CensusOptions, HeapCensus, census, census_parallel};
 use super::error::HeapError;
 use super::roots::{Interpreter, locate_with};
 use super::space::AddressSpace;
@@ -74,6 +74,13 @@ impl AddressSpace for Fake {
         let (start, data) = self.regions.range(..=addr).next_back()?;
         let off = (addr - start) as usize;
         data.get(off..off.checked_add(len)?)
+    }
+
+    fn ranges(&self) -> Vec<(u64, u64)> {
+        self.regions
+            .iter()
+            .map(|(a, d)| (*a, a + d.len() as u64))
+            .collect()
     }
 }
 
@@ -201,7 +208,23 @@ impl Heap {
     }
 }
 
-fn row(hc: &super::census::HeapCensus, name: &str) -> (u64, u64) {
+/// The census on one thread and on three: the same rows, skips and
+/// warnings.
+fn both(space: &(dyn AddressSpace + Sync), it: &Interpreter) -> HeapCensus {
+    let one = census(space, it, &CensusOptions::default()).unwrap();
+    let three = census_parallel(space, it, &CensusOptions::default(), 3).unwrap();
+    assert_eq!(
+        format!("{:?}", one.census.rows),
+        format!("{:?}", three.census.rows)
+    );
+    assert_eq!(
+        (one.skipped, &one.warnings),
+        (three.skipped, &three.warnings)
+    );
+    one
+}
+
+fn row(hc: &HeapCensus, name: &str) -> (u64, u64) {
     hc.census
         .rows
         .iter()
@@ -226,7 +249,7 @@ fn populated() -> (Heap, Vec<u64>) {
 fn a_well_formed_fake_heap_is_counted_exactly() {
     let (h, _) = populated();
     let it = h.locate().unwrap();
-    let hc = census(&h.mem, &it, &CensusOptions::default()).unwrap();
+    let hc = both(&h.mem, &it);
     assert_eq!(row(&hc, "list"), (10, 10), "{:?}", hc.census.rows);
     assert_eq!(row(&hc, "int"), (21, 0));
     assert_eq!(hc.skipped, 0);
@@ -239,7 +262,7 @@ fn a_torn_list_gives_a_partial_census_with_a_warning() {
     // The 4th list's node now points into unmapped memory.
     h.mem.w64(lists[3] - 16, 0x1234_5678_0000);
     let it = h.locate().unwrap();
-    let hc = census(&h.mem, &it, &CensusOptions::default()).unwrap();
+    let hc = both(&h.mem, &it);
     assert_eq!(row(&hc, "list").0, 4);
     assert!(hc.skipped > 0);
     assert!(!hc.warnings.is_empty());
@@ -250,7 +273,7 @@ fn a_list_that_loops_short_of_its_head_stops() {
     let (mut h, lists) = populated();
     h.mem.w64(lists[7] - 16, lists[2] - 16);
     let it = h.locate().unwrap();
-    let hc = census(&h.mem, &it, &CensusOptions::default()).unwrap();
+    let hc = both(&h.mem, &it);
     assert!(row(&hc, "list").0 <= 10);
     assert!(
         hc.warnings.iter().any(|w| w.contains("loops")),
@@ -272,7 +295,7 @@ fn containers_holding_themselves_or_claiming_huge_sizes_are_bounded() {
     h.mem.w64(lists[5] + 16, 1 << 40);
     h.mem.w64(lists[5] + 32, 1 << 62);
     let it = h.locate().unwrap();
-    let hc = census(&h.mem, &it, &CensusOptions::default()).unwrap();
+    let hc = both(&h.mem, &it);
     // The one claiming 2^62 words is left out (no object is that big) and
     // said so; the nine others are counted.
     assert_eq!(row(&hc, "list").0, 9);
@@ -293,7 +316,7 @@ fn lists_running_into_garbage_memory_stop() {
         h.mem.w64(lists[4] - 16, 0x4000_0000_0000 + 0x1000 * seed);
         h.mem.w64(lists[6] + 24, 0x3000_0000_0000);
         let it = h.locate().unwrap();
-        let hc = census(&h.mem, &it, &CensusOptions::default()).unwrap();
+        let hc = both(&h.mem, &it);
         assert!(row(&hc, "list").0 >= 5);
         assert!(!hc.warnings.is_empty());
     }
@@ -329,6 +352,7 @@ fn garbage_under_a_fake_runtime_is_an_error() {
                 // Against all odds it looked valid: the census must still end.
                 Ok(it) => {
                     let _ = census(&mem, &it, &CensusOptions::default());
+                    let _ = census_parallel(&mem, &it, &CensusOptions::default(), 2);
                 }
             }
         }
@@ -357,6 +381,7 @@ fn garbage_runtime_over_valid_types_is_an_error() {
             };
             if let Ok(it) = locate_with(&h.mem, v, "libpython.so", &syms, Some(RUNTIME)) {
                 let _ = census(&h.mem, &it, &CensusOptions::default());
+                let _ = census_parallel(&h.mem, &it, &CensusOptions::default(), 2);
             }
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::census::{CensusOptions, HeapCensus, census};
+use super::census::{CensusOptions, HeapCensus, census, census_parallel};
 use super::error::HeapError;
 use super::gcstate::{self, GcReading};
 use super::roots::{Interpreter, locate};
@@ -165,8 +165,13 @@ pub fn read_census(source: &Source, opts: &ReadOptions) -> Result<CensusRead, Re
     loop {
         let opened = source::open(source)?;
         let interp = locate_in(&opened, source)?;
-        let hc = census(opened.space.as_ref(), &interp, &census_opts)
-            .map_err(|e| exited_or(e, source))?;
+        let hc = census_parallel(
+            opened.space.as_ref(),
+            &interp,
+            &census_opts,
+            super::threads(),
+        )
+        .map_err(|e| exited_or(e, source))?;
         if hc.collecting && paused_live(source) && retries < COLLECTING_RETRIES {
             // Objects sit on a collection's private lists: let it finish.
             retries += 1;

@@ -95,24 +95,58 @@ impl Arena {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: advice on our own mapping. Huge pages make faulting in
-        // cheaper; MADV_POPULATE_WRITE (Linux 5.14) faults everything in at
-        // once, else the pages are touched one by one.
-        unsafe {
-            libc::madvise(ptr, len, libc::MADV_HUGEPAGE);
-            if libc::madvise(ptr, len, 23 /* MADV_POPULATE_WRITE */) != 0 {
-                let p = ptr as *mut u8;
-                let mut off = 0;
-                while off < len {
-                    p.add(off).write_volatile(0);
-                    off += PAGE as usize;
-                }
-            }
-        }
-        Ok(Arena {
+        // SAFETY: advice on our own mapping.
+        unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+        let arena = Arena {
             ptr: ptr.cast(),
             len,
-        })
+        };
+        arena.populate();
+        Ok(arena)
+    }
+
+    /// Faults every page in, on a few threads: the kernel zeroing ~100 MB
+    /// of fresh pages is most of the time this costs, and it scales with
+    /// cores. Huge pages (where the kernel has them at hand) make it
+    /// cheaper still. MADV_POPULATE_WRITE (Linux 5.14) faults a range in
+    /// at once; older kernels get the pages touched one by one.
+    fn populate(&self) {
+        const STEP: usize = 2 << 20;
+        let threads = super::threads().min(self.len.div_ceil(16 << 20)).max(1);
+        let share = self.len.div_ceil(threads).next_multiple_of(STEP);
+        let base = self.ptr as usize;
+        let len = self.len;
+        let fault = move |from: usize, to: usize| {
+            let p = (base + from) as *mut libc::c_void;
+            // SAFETY: `[from, to)` lies inside our own live mapping; the
+            // threads touch disjoint ranges.
+            unsafe {
+                if libc::madvise(p, to - from, 23 /* MADV_POPULATE_WRITE */) != 0 {
+                    let p = p as *mut u8;
+                    let mut off = 0;
+                    while off < to - from {
+                        p.add(off).write_volatile(0);
+                        off += PAGE as usize;
+                    }
+                }
+            }
+        };
+        // The threads start faulting together: a thread's first allocation
+        // maps its malloc arena, and an mmap waits for (and then blocks)
+        // every fault in progress on the same address space.
+        let starts: Vec<usize> = (0..len).step_by(share).collect();
+        let ready = std::sync::Barrier::new(starts.len());
+        std::thread::scope(|s| {
+            for &from in &starts[1..] {
+                let ready = &ready;
+                s.spawn(move || {
+                    ready.wait();
+                    fault(from, (from + share).min(len));
+                });
+            }
+            ready.wait();
+            fault(0, share.min(len));
+        });
     }
 
     fn bytes(&self) -> &[u8] {
@@ -251,7 +285,7 @@ impl Prepared {
                     order.push(i);
                 }
             }
-            match memory::read_chunks(pid, &mut chunks) {
+            match memory::read_chunks_parallel(pid, &mut chunks, super::threads()) {
                 Ok(n) => copied = n,
                 Err(e) => return Err(io_error(pid, e)),
             }
@@ -452,6 +486,13 @@ impl AddressSpace for Snapshot {
 
     fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
         self.copied_slice(addr, len)
+    }
+
+    fn ranges(&self) -> Vec<(u64, u64)> {
+        self.regions
+            .iter()
+            .map(|r| (r.start, r.start + r.len))
+            .collect()
     }
 }
 

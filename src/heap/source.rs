@@ -75,11 +75,21 @@ pub fn open(source: &Source) -> Result<Opened, SourceError> {
 fn open_live(pid: u32, pause: bool) -> Result<Opened, SourceError> {
     let proc = Process::open(pid)?;
     let maps = proc.maps()?;
-    let Some(py) = python::detect(&proc, &maps)? else {
+    // The copy's buffers are faulted in while the interpreter is detected
+    // (ELF symbols): the two take about as long.
+    let (detected, prepared) = std::thread::scope(|s| {
+        let prepared = s.spawn(move || Prepared::new(pid));
+        let detected = python::detect(&proc, &maps);
+        let prepared = prepared
+            .join()
+            .unwrap_or_else(|_| Err(SnapshotError::Exited { pid }));
+        (detected, prepared)
+    });
+    let Some(py) = detected? else {
         let comm = proc.stat().map(|s| s.comm).unwrap_or_default();
         return Err(SourceError::NotPython { pid, comm });
     };
-    let prepared = Prepared::new(pid)?;
+    let prepared = prepared?;
     let mut warnings = Vec::new();
     let start = Instant::now();
     let (snap, paused_s) = if pause {

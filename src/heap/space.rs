@@ -15,6 +15,12 @@ pub trait AddressSpace {
         None
     }
 
+    /// The `(start, end)` ranges held in memory, where objects live (the
+    /// census keeps its visited bitmap over them); none for lazy reads.
+    fn ranges(&self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
+
     fn read_u64(&self, addr: u64) -> Option<u64> {
         if let Some(s) = self.slice(addr, 8) {
             return Some(u64::from_le_bytes(s.try_into().ok()?));
@@ -87,5 +93,12 @@ impl AddressSpace for CopiedRegions {
 
     fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
         self.find(addr, len)
+    }
+
+    fn ranges(&self) -> Vec<(u64, u64)> {
+        self.regions
+            .iter()
+            .map(|(a, d)| (*a, a + d.len() as u64))
+            .collect()
     }
 }

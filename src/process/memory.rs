@@ -242,6 +242,94 @@ pub fn read_chunks(pid: u32, chunks: &mut [Chunk]) -> io::Result<u64> {
     Ok(total)
 }
 
+/// Pieces of a parallel read are at most this big, so that one large
+/// mapping (a big `[heap]`) is shared out too.
+const PIECE: usize = 8 << 20;
+
+/// Below this many bytes a parallel read is not worth its threads.
+const PARALLEL_MIN: usize = 16 << 20;
+
+/// [`read_chunks`] on up to `threads` threads: most of a bulk copy's time
+/// is the kernel walking the target's page tables and copying, which
+/// scales with cores while the target is paused. Chunks are cut into
+/// pieces of at most 8 MiB and dealt out in runs of about equal bytes; a
+/// chunk's `filled` stops at its first short piece, as a single read
+/// stops at the first hole. Any thread's error is the result.
+pub fn read_chunks_parallel(pid: u32, chunks: &mut [Chunk], threads: usize) -> io::Result<u64> {
+    let total: usize = chunks.iter().map(|c| c.buf.len()).sum();
+    let threads = threads.clamp(1, 16).min(total.div_ceil(PIECE).max(1));
+    if threads == 1 || total < PARALLEL_MIN {
+        return read_chunks(pid, chunks);
+    }
+    let forced = FORCE_PROC_MEM.with(|f| f.get());
+    // (chunk index, piece) in address order of each chunk.
+    let mut owner: Vec<usize> = Vec::new();
+    let mut pieces: Vec<Chunk> = Vec::new();
+    for (i, c) in chunks.iter_mut().enumerate() {
+        c.filled = 0;
+        let mut addr = c.addr;
+        for buf in c.buf.chunks_mut(PIECE) {
+            let len = buf.len() as u64;
+            pieces.push(Chunk::new(addr, buf));
+            owner.push(i);
+            addr = addr.saturating_add(len);
+        }
+    }
+    let share = total.div_ceil(threads);
+    let mut runs: Vec<&mut [Chunk]> = Vec::with_capacity(threads);
+    let mut rest: &mut [Chunk] = &mut pieces;
+    while !rest.is_empty() {
+        let mut bytes = 0usize;
+        let mut n = 0usize;
+        while n < rest.len() && (bytes < share || n == 0) {
+            bytes += rest[n].buf.len();
+            n += 1;
+        }
+        let (run, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        runs.push(run);
+        rest = tail;
+    }
+    let results: Vec<io::Result<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = runs
+            .into_iter()
+            .map(|run| {
+                s.spawn(move || {
+                    force_proc_mem_on_this_thread(forced);
+                    read_chunks(pid, run)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a copy thread panicked")))
+            })
+            .collect()
+    });
+    let mut copied = 0u64;
+    for r in results {
+        copied += r?;
+    }
+    let filled: Vec<(usize, usize, usize)> = pieces
+        .iter()
+        .zip(&owner)
+        .map(|(p, &i)| (i, p.filled, p.buf.len()))
+        .collect();
+    drop(pieces);
+    let mut stopped = vec![false; chunks.len()];
+    for (i, got, len) in filled {
+        if stopped[i] {
+            continue;
+        }
+        chunks[i].filled += got;
+        stopped[i] = got < len;
+    }
+    // Bytes read past a hole in the same chunk are not counted as kept.
+    let kept: u64 = chunks.iter().map(|c| c.filled as u64).sum();
+    Ok(kept.min(copied))
+}
+
 fn proc_mem_read_chunks(pid: u32, chunks: &mut [Chunk]) -> io::Result<u64> {
     let f = File::open(mem_path(pid))?;
     let mut total = 0u64;
@@ -354,5 +442,54 @@ mod tests {
         assert_eq!(read_chunks(me, &mut chunks).unwrap(), 3000);
         drop(chunks);
         assert_eq!(out, src);
+    }
+
+    #[test]
+    fn parallel_reads_equal_one_read_with_a_hole_inside_a_chunk() {
+        let me = std::process::id();
+        let p = page();
+        let len = 40 << 20;
+        // SAFETY: a fresh anonymous mapping of our own, filled, then one
+        // page at 20 MiB unmapped.
+        let m = unsafe {
+            let m = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            ) as *mut u8;
+            assert!(!m.is_null());
+            for i in 0..len / p {
+                std::ptr::write_bytes(m.add(i * p), (i % 251) as u8, p);
+            }
+            libc::munmap(m.add(20 << 20).cast(), p);
+            m
+        };
+        for forced in [false, true] {
+            force_proc_mem_on_this_thread(forced);
+            let mut a = vec![0u8; 30 << 20];
+            let mut b = vec![0u8; 10 << 20];
+            let mut chunks = vec![
+                Chunk::new(m as u64, &mut a),
+                Chunk::new(m as u64 + (30 << 20), &mut b),
+            ];
+            let n = read_chunks_parallel(me, &mut chunks, 4).unwrap();
+            assert_eq!(chunks[0].filled, 20 << 20, "forced={forced}");
+            assert_eq!(chunks[1].filled, 10 << 20);
+            assert_eq!(n, 30 << 20);
+            drop(chunks);
+            for (i, pg) in a[..20 << 20].chunks(p).enumerate() {
+                assert!(pg.iter().all(|&x| x == (i % 251) as u8));
+            }
+            let first = (30 << 20) / p;
+            for (i, pg) in b.chunks(p).enumerate() {
+                assert!(pg.iter().all(|&x| x == ((first + i) % 251) as u8));
+            }
+        }
+        force_proc_mem_on_this_thread(false);
+        // SAFETY: unmapping what was mapped above.
+        unsafe { libc::munmap(m.cast(), len) };
     }
 }

@@ -25,7 +25,7 @@ use crate::heap::space::{CopiedRegions, LiveLazy};
 use crate::heap::{CensusOptions, Interpreter};
 use crate::process::Process;
 use crate::process::freeze::Freeze;
-use crate::process::memory::{Chunk, read_chunks};
+use crate::process::memory::{Chunk, read_chunks_parallel};
 
 /// Most bytes one census copies (the rest is read lazily, unpaused).
 const MAX_COPY: u64 = 2 << 30;
@@ -135,7 +135,7 @@ impl Outside {
                 })
                 .collect();
             let mut chunks: Vec<Chunk> = bufs.iter_mut().map(|(a, v)| Chunk::new(*a, v)).collect();
-            read_chunks(pid, &mut chunks)?;
+            read_chunks_parallel(pid, &mut chunks, crate::heap::threads())?;
             let filled: Vec<usize> = chunks.iter().map(|c| c.filled).collect();
             drop(chunks);
             let mut total = 0u64;
@@ -164,13 +164,14 @@ impl Outside {
         let hc = loop {
             let copy = self.copy()?;
             let t = Instant::now();
-            let hc = crate::heap::census(
+            let hc = crate::heap::census_parallel(
                 &copy,
                 &self.interp,
                 &CensusOptions {
                     gc_only: self.gc_only,
                     keep_ids: true,
                 },
+                crate::heap::threads(),
             )?;
             self.stats.walk_s += t.elapsed().as_secs_f64();
             // A size read from memory that changed under us must not pass
