@@ -17,7 +17,8 @@ use serde_json::Value;
 use super::frame::{self, Segment, Words};
 use super::seen::Seen;
 use super::{
-    AgentStats, Census, CensusError, IdMap, IdSet, RowKind, TypeRow, fingerprint_key, qualified,
+    AgentStats, Census, CensusError, IdMap, IdSet, RowKind, TypeRow, fingerprint_key, sorted_rows,
+    type_row,
 };
 
 /// Per type while aggregating.
@@ -276,14 +277,7 @@ impl CensusBuilder {
                 ids_by_name.entry(row.name.clone()).or_default().push(d.id);
             }
         }
-        let mut rows: Vec<TypeRow> = rows.into_values().collect();
-        for r in &mut rows {
-            r.classes = r.tids.len() as u64;
-        }
-        rows.sort_by(|a, b| b.size.cmp(&a.size).then(a.name.cmp(&b.name)));
-        let count = rows.iter().map(|r| r.count).sum();
-        let size = rows.iter().fold(0u64, |s, r| s.saturating_add(r.size));
-        let tracked = rows.iter().map(|r| r.tracked).sum();
+        let (rows, count, size, tracked) = sorted_rows(rows);
         let ids = keep.then(|| {
             ids_by_name
                 .into_iter()
@@ -328,24 +322,5 @@ fn row_for<'a>(
         Some(i) => (i.module.clone(), i.qualname.clone()),
         None => (None, format!("<type {tid:#x}>")),
     };
-    let base = qualified(module.as_deref(), &qualname);
-    let name = match kind {
-        RowKind::Type => base,
-        RowKind::DictOf => format!("dict of {base}"),
-    };
-    let row = rows.entry(name.clone()).or_insert_with(|| TypeRow {
-        name,
-        kind,
-        module,
-        qualname,
-        count: 0,
-        tracked: 0,
-        size: 0,
-        classes: 0,
-        tids: Vec::new(),
-    });
-    if !row.tids.contains(&tid) {
-        row.tids.push(tid);
-    }
-    row
+    type_row(rows, kind, tid, module, qualname)
 }

@@ -128,6 +128,52 @@ pub fn qualified(module: Option<&str>, qualname: &str) -> String {
     }
 }
 
+/// The row of `rows` for type `tid` (`module`, `qualname`) counted as
+/// `kind`, made empty if new; the type's id joins the row's ids. Rows are
+/// keyed by name, so same-named classes share one.
+pub fn type_row(
+    rows: &mut BTreeMap<String, TypeRow>,
+    kind: RowKind,
+    tid: u64,
+    module: Option<String>,
+    qualname: String,
+) -> &mut TypeRow {
+    let base = qualified(module.as_deref(), &qualname);
+    let name = match kind {
+        RowKind::Type => base,
+        RowKind::DictOf => format!("dict of {base}"),
+    };
+    let row = rows.entry(name.clone()).or_insert_with(|| TypeRow {
+        name,
+        kind,
+        module,
+        qualname,
+        count: 0,
+        tracked: 0,
+        size: 0,
+        classes: 0,
+        tids: Vec::new(),
+    });
+    if !row.tids.contains(&tid) {
+        row.tids.push(tid);
+    }
+    row
+}
+
+/// The rows biggest first (then by name), each with its classes counted,
+/// and their totals: (rows, count, size, tracked).
+pub fn sorted_rows(rows: BTreeMap<String, TypeRow>) -> (Vec<TypeRow>, u64, u64, u64) {
+    let mut rows: Vec<TypeRow> = rows.into_values().collect();
+    for r in &mut rows {
+        r.classes = r.tids.len() as u64;
+    }
+    rows.sort_by(|a, b| b.size.cmp(&a.size).then(a.name.cmp(&b.name)));
+    let count = rows.iter().map(|r| r.count).sum();
+    let size = rows.iter().fold(0u64, |s, r| s.saturating_add(r.size));
+    let tracked = rows.iter().map(|r| r.tracked).sum();
+    (rows, count, size, tracked)
+}
+
 /// What a row counts: instances of a type, or the dicts that are the
 /// `__dict__` of instances (or modules, classes) of a type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

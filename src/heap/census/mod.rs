@@ -15,9 +15,10 @@ use super::mem::{MAX_ITEMS, Mem};
 use super::names::Names;
 use super::roots::Interpreter;
 use super::space::AddressSpace;
+use super::types::Types;
 use super::visited::{SharedVisited, Visited};
 use super::walk::Walker;
-use crate::analysis::census::{AgentStats, Census, IdMap, RowKind, TypeRow, qualified};
+use crate::analysis::census::{AgentStats, Census, IdMap, RowKind, TypeRow, sorted_rows, type_row};
 use counter::{Counter, Partial};
 
 pub use parallel::census_parallel;
@@ -77,33 +78,69 @@ pub fn census(
     let started = Instant::now();
     let seen = SharedVisited::new(&space.ranges());
     let mut c = Counter::new(space, interp, &seen, opts.keep_ids);
-    let mut walker = Walker::new(&c.mem, interp);
-    let mut listed_seen = Visited::default();
-    let (mut listed, mut frozen, mut dup) = (0u64, 0u64, 0u64);
-    while let Some(f) = walker.next(&c.mem, interp, &mut c.types) {
-        if f.permanent {
-            frozen += 1;
-            continue;
-        }
-        listed += 1;
-        if !listed_seen.insert(f.obj) {
-            dup += 1;
-            continue;
-        }
-        c.tracked(listed, f.obj, f.ty, opts.gc_only);
+    let mut listing = Listing::new(&c.mem, interp);
+    while let Some((seq, obj, ty)) = listing.next(&c.mem, interp, &mut c.types) {
+        c.tracked(seq, obj, ty, opts.gc_only);
     }
-    drop(listed_seen);
     let mem = c.mem.clone();
     let part = c.into_partial();
-    conclude(
-        &mem,
-        interp,
-        opts,
-        walker,
-        part,
-        (listed, frozen, dup),
-        started,
-    )
+    listing.conclude(&mem, interp, opts, part, started)
+}
+
+/// The walk as the census counts it: objects of the permanent generation
+/// left out (like `gc.get_objects()`), an object on two lists listed once.
+struct Listing {
+    walker: Walker,
+    seen: Visited,
+    listed: u64,
+    frozen: u64,
+    dup: u64,
+}
+
+impl Listing {
+    fn new(mem: &Mem, interp: &Interpreter) -> Listing {
+        Listing {
+            walker: Walker::new(mem, interp),
+            seen: Visited::default(),
+            listed: 0,
+            frozen: 0,
+            dup: 0,
+        }
+    }
+
+    /// The next object to count: (walk position, address, type index).
+    fn next(
+        &mut self,
+        mem: &Mem,
+        interp: &Interpreter,
+        types: &mut Types,
+    ) -> Option<(u64, u64, u32)> {
+        while let Some(f) = self.walker.next(mem, interp, types) {
+            if f.permanent {
+                self.frozen += 1;
+                continue;
+            }
+            self.listed += 1;
+            if !self.seen.insert(f.obj) {
+                self.dup += 1;
+                continue;
+            }
+            return Some((self.listed, f.obj, f.ty));
+        }
+        None
+    }
+
+    fn conclude(
+        self,
+        mem: &Mem,
+        interp: &Interpreter,
+        opts: &CensusOptions,
+        part: Partial,
+        started: Instant,
+    ) -> Result<HeapCensus, HeapError> {
+        let counts = (self.listed, self.frozen, self.dup);
+        conclude(mem, interp, opts, self.walker, part, counts, started)
+    }
 }
 
 /// Warnings and rows of a finished census.
@@ -169,30 +206,14 @@ fn finish(
                tid: u64,
                (module, qualname): (Option<String>, String),
                agg: &mut Agg| {
-        let base = qualified(module.as_deref(), &qualname);
-        let name = match kind {
-            RowKind::Type => base,
-            RowKind::DictOf => format!("dict of {base}"),
-        };
-        let row = rows.entry(name.clone()).or_insert_with(|| TypeRow {
-            name: name.clone(),
-            kind,
-            module,
-            qualname,
-            count: 0,
-            tracked: 0,
-            size: 0,
-            classes: 0,
-            tids: Vec::new(),
-        });
-        if !row.tids.contains(&tid) {
-            row.tids.push(tid);
-        }
+        let row = type_row(rows, kind, tid, module, qualname);
         row.count += agg.tracked + agg.untracked;
         row.tracked += agg.tracked;
         row.size = row.size.saturating_add(agg.size);
         if opts.keep_ids {
-            ids.entry(name).or_default().append(&mut agg.ids);
+            ids.entry(row.name.clone())
+                .or_default()
+                .append(&mut agg.ids);
         }
     };
     // In address order, so that rows list their classes' ids the same
@@ -235,14 +256,7 @@ fn finish(
         let n = names.of(mem, it, dict_tid);
         add(&mut rows, &mut ids, RowKind::Type, dict_tid, n, &mut plain);
     }
-    let mut rows: Vec<TypeRow> = rows.into_values().collect();
-    for r in &mut rows {
-        r.classes = r.tids.len() as u64;
-    }
-    rows.sort_by(|a, b| b.size.cmp(&a.size).then(a.name.cmp(&b.name)));
-    let count = rows.iter().map(|r| r.count).sum();
-    let size = rows.iter().fold(0u64, |s, r| s.saturating_add(r.size));
-    let tracked: u64 = rows.iter().map(|r| r.tracked).sum();
+    let (rows, count, size, tracked) = sorted_rows(rows);
     let ids = opts.keep_ids.then(|| {
         ids.into_iter()
             .map(|(k, mut v)| {

@@ -9,10 +9,9 @@ use super::super::mem::Mem;
 use super::super::roots::Interpreter;
 use super::super::space::AddressSpace;
 use super::super::types::Types;
-use super::super::visited::{SharedVisited, Visited};
-use super::super::walk::Walker;
+use super::super::visited::SharedVisited;
 use super::counter::{Counter, Partial};
-use super::{CensusOptions, HeapCensus, census, conclude};
+use super::{CensusOptions, HeapCensus, Listing, census};
 
 /// Objects handed to a census thread at a time.
 const BATCH: usize = 2048;
@@ -53,28 +52,16 @@ pub fn census_parallel(
             .collect();
         let mem = Mem::new(space);
         let mut types = Types::new();
-        let mut walker = Walker::new(&mem, interp);
-        let mut listed_seen = Visited::default();
-        let (mut listed, mut frozen, mut dup) = (0u64, 0u64, 0u64);
+        let mut listing = Listing::new(&mem, interp);
         let mut batch = Vec::with_capacity(BATCH);
-        while let Some(f) = walker.next(&mem, interp, &mut types) {
-            if f.permanent {
-                frozen += 1;
-                continue;
-            }
-            listed += 1;
-            if !listed_seen.insert(f.obj) {
-                dup += 1;
-                continue;
-            }
-            batch.push((listed, f.obj, types.info(f.ty).addr));
+        while let Some((seq, obj, ty)) = listing.next(&mem, interp, &mut types) {
+            batch.push((seq, obj, types.info(ty).addr));
             if batch.len() == BATCH {
                 handout.push(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
             }
         }
         handout.push(batch);
         handout.close();
-        drop(listed_seen);
         let mut part = work(space);
         for h in helpers {
             // A helper that panicked loses its share: counted as skipped.
@@ -83,15 +70,7 @@ pub fn census_parallel(
                 Err(_) => part.skipped += 1,
             }
         }
-        conclude(
-            &mem,
-            interp,
-            opts,
-            walker,
-            part,
-            (listed, frozen, dup),
-            started,
-        )
+        listing.conclude(&mem, interp, opts, part, started)
     })
 }
 
