@@ -111,7 +111,13 @@ pub fn decode(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64, f: &mut Sink)
             if t.special == Special::Deque {
                 deque_items(mem, it, obj, f);
             }
-            if t.gc() {
+            if t.special == Special::Frame && it.layout.at_least(3, 11) {
+                // Its fixed part only (the frame data it owns on 3.11+ is
+                // not decoded).
+                scan_fixed(mem, t, obj, f);
+            } else if t.special == Special::Frame {
+                frame_up_to_310(mem, it, t, obj, f);
+            } else if t.gc() {
                 scan(mem, t, obj, f);
             }
         }
@@ -146,6 +152,62 @@ fn scan(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
     }
     if items > 0 {
         mem.words(obj + start, items, &mut visit);
+    }
+}
+
+/// The fixed part of an object, scanned word by word (no items).
+fn scan_fixed(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
+    let fixed = t.basicsize.min(4096);
+    if fixed > 16 {
+        let end = obj + fixed;
+        mem.words(obj + 16, (fixed - 16) / 8, &mut |p| {
+            if p < obj || p >= end {
+                f(p, true);
+            }
+        });
+    }
+}
+
+/// A 2.7–3.10 frame as `frame_traverse` visits it: `f_back`, `f_code`,
+/// `f_builtins`, `f_globals`, `f_locals` (at 24–56 in every version),
+/// `f_trace` (80; 72 on 3.10), the exception triple (88–104, 2.7 and
+/// 3.6), the locals, cells and free variables (from `f_localsplus`, the
+/// last field, to `f_valuestack`@64), and the value stack up to
+/// `f_stacktop`@72 (≤3.9; NULL while the frame runs: then not at all) or
+/// `f_stackdepth`@80 (3.10). Past the stack's top the slots hold stale
+/// pointers of whatever ran before: reading them would invent references.
+fn frame_up_to_310(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64, f: &mut Sink) {
+    let v = (it.layout.major, it.layout.minor);
+    for off in [24, 32, 40, 48, 56] {
+        f(mem.u64(obj + off).unwrap_or(0), false);
+    }
+    f(
+        mem.u64(obj + if v == (3, 10) { 72 } else { 80 })
+            .unwrap_or(0),
+        false,
+    );
+    if v <= (3, 6) {
+        for off in [88, 96, 104] {
+            f(mem.u64(obj + off).unwrap_or(0), false);
+        }
+    }
+    // Slots: `ob_size` of them from `f_localsplus`; every pointer checked
+    // against them before use.
+    let plus = obj + t.basicsize.saturating_sub(8);
+    let slots = mem.u64(obj + 16).unwrap_or(0).min(1 << 20);
+    let end = plus + 8 * slots;
+    let Some(stack) = mem.ptr(obj + 64).filter(|&s| s >= plus && s <= end) else {
+        return;
+    };
+    mem.words(plus, (stack - plus) / 8, &mut |p| f(p, false));
+    let top = if v == (3, 10) {
+        let depth = u64::from(mem.u32(obj + 80).unwrap_or(0));
+        stack + 8 * depth
+    } else {
+        mem.ptr(obj + 72).unwrap_or(0)
+    };
+    if top > stack && top <= end {
+        mem.words(stack, (top - stack) / 8, &mut |p| f(p, false));
     }
 }
 

@@ -77,6 +77,9 @@ pub enum Special {
     Buffered,
     /// `_struct.Struct`: `__sizeof__` adds its format codes.
     Struct,
+    /// A frame object: decoded as `frame_traverse` visits it, not scanned
+    /// (the unused part of its value stack holds stale pointers).
+    Frame,
 }
 
 impl TypeInfo {
@@ -227,6 +230,7 @@ impl Types {
                         Special::Buffered
                     }
                     "_struct.Struct" | "Struct" => Special::Struct,
+                    "frame" => Special::Frame,
                     _ => Special::None,
                 };
             }
