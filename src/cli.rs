@@ -268,10 +268,15 @@ pub struct WhyArgs {
 
 #[derive(Debug, Args)]
 pub struct RetainedArgs {
+    /// The Python process (omit with --core).
+    #[arg(required_unless_present = "core", conflicts_with = "core")]
+    pub pid: Option<u32>,
     #[command(flatten)]
-    pub attach: AttachArgs,
+    pub attach: AttachTuning,
     #[command(flatten)]
     pub read: HeapReadArgs,
+    #[command(flatten)]
+    pub core: CoreArgs,
     /// How many objects to list.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,

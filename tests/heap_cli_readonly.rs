@@ -14,8 +14,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Target, for_each_interpreter, memsleuth, run, spawn_target};
@@ -77,23 +75,6 @@ fn settle(t: &Target, threads: usize) {
         }
         last = now;
     }
-}
-
-fn gcore(pid: u32, dir: &Path) -> PathBuf {
-    let prefix = dir.join("core");
-    let out = Command::new("gcore")
-        .arg("-o")
-        .arg(&prefix)
-        .arg(pid.to_string())
-        .output()
-        .expect("run gcore");
-    let core = dir.join(format!("core.{pid}"));
-    assert!(
-        core.is_file(),
-        "gcore made no core: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    core
 }
 
 #[test]
@@ -203,7 +184,7 @@ fn types_gc_and_growth_read_from_outside_by_default() {
         assert_eq!(r.code, 2, "[{label}] {}", r.stderr);
 
         // A core of it, read after the process is gone.
-        let core = gcore(t.pid, t.tmpdir());
+        let core = common::gcore(t.pid, t.tmpdir());
         t.kill_and_reap();
         let path = core.to_string_lossy().to_string();
         let c = json(label, &["types", "--core", &path, "--json", "--limit", "0"]);

@@ -202,6 +202,26 @@ fn module_dict_of_payloads_is_the_top_entry_and_shared_objects_belong_to_neither
             assert_eq!(before[key], after[key], "[{interp}] {key} changed");
         }
         assert!(t.is_alive(), "[{interp}] the target died");
+
+        // A core of it, read after the process is gone: the same top entry.
+        let core = common::gcore(t.pid, t.tmpdir());
+        t.kill_and_reap();
+        let path = core.to_string_lossy().to_string();
+        let r = run(memsleuth().args(["retained", "--core", &path, "--json", "--limit", "5"]));
+        assert_eq!(r.code, 0, "[{interp}] retained --core: {}", r.stderr);
+        let v: Value = serde_json::from_str(&r.stdout).unwrap();
+        check_schema(interp, &v);
+        assert_eq!(v["source"], "memory");
+        assert_eq!(v["memory"]["core"], path.as_str());
+        assert_eq!(v["pid"].as_u64(), Some(u64::from(t.pid)));
+        let top = &v["entries"][0];
+        assert_eq!(top["id"].as_u64(), Some(blobs), "[{interp}] core top {top}");
+        let ratio = top["retained_bytes"].as_u64().unwrap() as f64 / blobs_bytes as f64;
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "[{interp}] core ratio {ratio:.3}"
+        );
+        std::fs::remove_file(&core).ok();
     });
 }
 

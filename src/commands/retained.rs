@@ -286,12 +286,15 @@ const COLLECTING_RETRIES: u32 = 3;
 /// The query from the target's memory: copied while its threads are
 /// paused (unless `pause` is off), walked and named after they resume. No
 /// code runs in the target.
-pub fn collect_memory(pid: u32, pause: bool, limit: usize) -> Result<RetainedReport, ReadError> {
+pub fn collect_memory(source: &Source, limit: usize) -> Result<RetainedReport, ReadError> {
     let started = Instant::now();
-    let source = Source::Live { pid, pause };
+    let (pid, pause) = match source {
+        Source::Live { pid, pause } => (*pid, *pause),
+        Source::Core { .. } => (0, false),
+    };
     let mut retries = 0;
     let (opened, interp, read) = loop {
-        let opened = source::open(&source)?;
+        let opened = source::open(source)?;
         let interp = locate(opened.space.as_ref(), &opened.python).map_err(|e| gone(e, pid))?;
         let read = read_graph(opened.space.as_ref(), &interp).map_err(|e| gone(e, pid))?;
         if read.collecting && pause && retries < COLLECTING_RETRIES {
@@ -341,9 +344,13 @@ pub fn collect_memory(pid: u32, pause: bool, limit: usize) -> Result<RetainedRep
         .and_then(|p| p.status())
         .ok()
         .map(|s| s.vm_hwm);
+    let core = match source {
+        Source::Core { core, .. } => Some(core.display().to_string()),
+        Source::Live { .. } => None,
+    };
     Ok(RetainedReport {
         schema: 1,
-        pid,
+        pid: opened.pid,
         python,
         source: "memory",
         heap: b.heap,
@@ -366,13 +373,15 @@ pub fn collect_memory(pid: u32, pause: bool, limit: usize) -> Result<RetainedRep
             retries,
             tool_peak_rss_bytes,
             warnings,
+            core,
         }),
     })
 }
 
-/// A read that failed on a process that is gone is said as such.
+/// A read that failed on a process that is gone is said as such (pid 0:
+/// a core file).
 fn gone(e: crate::heap::HeapError, pid: u32) -> ReadError {
-    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    if pid != 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return ReadError::Exited { pid };
     }
     ReadError::Heap(e)
@@ -381,16 +390,29 @@ fn gone(e: crate::heap::HeapError, pid: u32) -> ReadError {
 pub fn run(args: &RetainedArgs) -> CmdResult {
     let started = Instant::now();
     let limit = args.limit as usize;
-    let pid = args.attach.pid;
-    let from_memory =
-        super::readonly::from_memory(&args.read, false, |pause| collect_memory(pid, pause, limit))?;
-    let mut report = match from_memory {
-        Some(r) => r,
-        None => {
-            let (mut report, detach_s) =
-                super::with_session_timed(&args.attach, |attached| collect(attached, limit))?;
-            report.detach_s = detach_s;
-            report
+    let mut report = if let Some(core) = &args.core.core {
+        let source = Source::Core {
+            core: core.clone(),
+            exe: args.core.exe.clone(),
+        };
+        collect_memory(&source, limit)?
+    } else {
+        let pid = args
+            .pid
+            .ok_or_else(|| anyhow::anyhow!("give a pid, or a core file with --core"))?;
+        let from_memory = super::readonly::from_memory(&args.read, false, |pause| {
+            collect_memory(&Source::Live { pid, pause }, limit)
+        })?;
+        match from_memory {
+            Some(r) => r,
+            None => {
+                let (mut report, detach_s) =
+                    super::with_session_timed(&args.attach.with_pid(pid), |attached| {
+                        collect(attached, limit)
+                    })?;
+                report.detach_s = detach_s;
+                report
+            }
         }
     };
     report.total_s = started.elapsed().as_secs_f64();
@@ -412,6 +434,14 @@ pub fn run(args: &RetainedArgs) -> CmdResult {
         return Ok(ExitCode::SUCCESS);
     }
     match &report.memory {
+        Some(m) if m.core.is_some() => eprintln!(
+            "memsleuth: read from the core {}: graph {:.2} s, analysis {:.2} s, labels {:.2} s, total {:.2} s",
+            m.core.as_deref().unwrap_or_default(),
+            report.graph_s,
+            report.analysis_s,
+            report.labels_s,
+            report.total_s,
+        ),
         Some(m) => eprintln!(
             "memsleuth: read from memory, no code run in the target: paused {:.2} s (copy of {} MiB), graph {:.2} s, analysis {:.2} s, labels {:.2} s, total {:.2} s",
             m.paused_s,

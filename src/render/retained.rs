@@ -113,18 +113,8 @@ pub struct MemoryRead {
     /// memsleuth's own peak RSS (VmHWM), bytes.
     pub tool_peak_rss_bytes: Option<u64>,
     pub warnings: Vec<String>,
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    /// The core file read (`--core`); null for a live process.
+    pub core: Option<String>,
 }
 
 fn types_line(e: &RetainedEntry) -> String {
@@ -136,7 +126,7 @@ fn types_line(e: &RetainedEntry) -> String {
                 "{} {} ×{}",
                 clean(&t.type_name, 60),
                 units::bytes_short(t.bytes),
-                thousands(t.count)
+                units::thousands_u64(t.count)
             )
         })
         .collect();
@@ -149,9 +139,9 @@ pub fn text(r: &RetainedReport) -> String {
         "PID {} (Python {}): {} objects, {} in Python objects, {} references\n",
         r.pid,
         r.python,
-        thousands(r.heap.objects),
+        units::thousands_u64(r.heap.objects),
         units::bytes(r.heap.total_bytes),
-        thousands(r.heap.references)
+        units::thousands_u64(r.heap.references)
     );
     if r.entries.is_empty() {
         out.push_str("Nothing keeps memory alive beyond the roots themselves.\n");
@@ -170,7 +160,7 @@ pub fn text(r: &RetainedReport) -> String {
             (i + 1).to_string(),
             units::bytes(e.retained_bytes),
             format!("{:.1}%", e.share * 100.0),
-            thousands(e.count),
+            units::thousands_u64(e.count),
             format!("{} at {:#x}", clean(&e.type_name, 80), e.id),
         ]);
     }

@@ -721,3 +721,22 @@ pub fn sysv_shmids() -> Vec<i64> {
         .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
         .collect()
 }
+
+/// A core of `pid` made with gdb's `gcore` (it only reads memory) in
+/// `dir`, as `core.PID`.
+pub fn gcore(pid: u32, dir: &std::path::Path) -> std::path::PathBuf {
+    let prefix = dir.join("core");
+    let out = std::process::Command::new("gcore")
+        .arg("-o")
+        .arg(&prefix)
+        .arg(pid.to_string())
+        .output()
+        .expect("run gcore");
+    let core = dir.join(format!("core.{pid}"));
+    assert!(
+        core.is_file(),
+        "gcore made no core: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    core
+}
