@@ -159,6 +159,26 @@ fn module_dict_of_payloads_is_the_top_entry_and_shared_objects_belong_to_neither
             );
         }
 
+        // The agent's session left no garbage holding the target's frames
+        // (a cycle through its own frame once kept them, and from memory
+        // their stale stack slots then looked like references).
+        let probe = "import gc\n\
+gc.set_debug(gc.DEBUG_SAVEALL)\n\
+gc.collect()\n\
+n = len([o for o in gc.garbage if type(o) is list and [x for x in o if type(x).__name__ == 'frame']])\n\
+del gc.garbage[:]\n\
+gc.set_debug(0)\n\
+print('frame lists %d' % n)";
+        let r = run(memsleuth().args(["retained", &t.pid.to_string(), "--inject", "--limit", "1"]));
+        assert_eq!(r.code, 0, "[{interp}] {}", r.stderr);
+        let r = run(memsleuth().args(["exec", &t.pid.to_string(), probe]));
+        assert_eq!(r.code, 0, "[{interp}] probe: {}", r.stderr);
+        assert!(
+            r.stdout.contains("frame lists 0"),
+            "[{interp}] garbage holding frames after retained --inject: {}",
+            r.stdout
+        );
+
         // The text form: the path under the entry.
         let r = run(memsleuth().args(["retained", &t.pid.to_string(), "--limit", "3"]));
         assert_eq!(r.code, 0, "[{interp}] {}", r.stderr);

@@ -1039,6 +1039,8 @@ def _ended_agents(me):
                 ended.add(ident)
                 break
             f = f.f_back
+    # (`f` may be this very frame: a cycle through its own locals.)
+    f = c = None
     return ended
 
 

@@ -145,12 +145,16 @@ def _rg_stacks(agent):
     frames = []
     infos = []
     ours = []
+    # Not this very frame: `ours` would hold it while it holds `ours` (and
+    # the target's frames in `frames`), a cycle left behind as garbage.
+    me = sys._getframe()
     for ident, top in list(sys._current_frames().items()):
         f = top
         n = 0
         while f is not None and n < _RG_MAX_FRAMES_PER_THREAD:
             if ident == agent.ident:
-                ours.append(f)
+                if f is not me:
+                    ours.append(f)
             else:
                 try:
                     info = _rg_frame_info(f)
@@ -165,6 +169,7 @@ def _rg_stacks(agent):
             f = f.f_back
             n += 1
         top = f = None
+    me = None
     return frames, infos, ours
 
 
