@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -240,23 +240,6 @@ fn a_pid_that_exits_mid_read_is_one_sentence() {
     });
 }
 
-fn gcore(pid: u32, dir: &Path) -> PathBuf {
-    let prefix = dir.join("core");
-    let out = Command::new("gcore")
-        .arg("-o")
-        .arg(&prefix)
-        .arg(pid.to_string())
-        .output()
-        .expect("run gcore");
-    let core = dir.join(format!("core.{pid}"));
-    assert!(
-        core.is_file(),
-        "gcore made no core: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    core
-}
-
 #[test]
 fn a_gcore_core_reads_like_the_live_process_after_it_is_gone() {
     for_each_interpreter(|interp| {
@@ -269,7 +252,7 @@ fn a_gcore_core_reads_like_the_live_process_after_it_is_gone() {
         let (root, len) = gc_root(&live_py, &live);
         let mut want = vec![0u8; len];
         assert!(live.read(root, &mut want));
-        let core = gcore(t.pid, t.tmpdir());
+        let core = common::gcore(t.pid, t.tmpdir());
         let (maddr, mlen): (u64, usize) = {
             let v = t.info.get("marker").unwrap();
             let mut it = v.split_whitespace().map(|x| x.parse::<u64>().unwrap());
