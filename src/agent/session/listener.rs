@@ -132,26 +132,8 @@ impl Listener {
         for cand in TMP_CANDIDATES {
             match Self::make_dir(root.as_raw_fd(), cand, target_uid, target_gid) {
                 Ok((dir, listener)) => {
-                    let token = hex(&random_bytes(32).map_err(setup_err("read /dev/urandom"))?);
                     let dir_in_target = format!("/{cand}/{}", dir.name);
-                    return Ok(Listener {
-                        target_pid: proc.pid,
-                        target_ns_pid: ns_pid(proc),
-                        target_uid,
-                        target_gid,
-                        dir,
-                        dir_in_target,
-                        listener: Some(listener),
-                        token,
-                        stream: None,
-                        load_error: None,
-                        rejected: 0,
-                        options: LoadOptions {
-                            trace: crate::inject::trace::enabled(),
-                            ..LoadOptions::default()
-                        },
-                        pipelined: Vec::new(),
-                    });
+                    return Self::ready(proc, target_uid, target_gid, dir, dir_in_target, listener);
                 }
                 Err(e) => last_err = Some(e),
             }
@@ -173,8 +155,20 @@ impl Listener {
         let base =
             File::open(host_dir).map_err(setup_err(format!("open {}", host_dir.display())))?;
         let (dir, listener) = Self::make_dir(base.as_raw_fd(), ".", target_uid, target_gid)?;
-        let token = hex(&random_bytes(32).map_err(setup_err("read /dev/urandom"))?);
         let dir_in_target = format!("{}/{}", dir_in_target.trim_end_matches('/'), dir.name);
+        Self::ready(proc, target_uid, target_gid, dir, dir_in_target, listener)
+    }
+
+    /// A listener on a session directory just made, with a fresh token.
+    fn ready(
+        proc: &Process,
+        target_uid: u32,
+        target_gid: u32,
+        dir: SocketDir,
+        dir_in_target: String,
+        listener: UnixListener,
+    ) -> Result<Listener> {
+        let token = hex(&random_bytes(32).map_err(setup_err("read /dev/urandom"))?);
         Ok(Listener {
             target_pid: proc.pid,
             target_ns_pid: ns_pid(proc),
