@@ -144,15 +144,8 @@ pub enum SortBy {
 
 #[derive(Debug, Args)]
 pub struct TypesArgs {
-    /// The Python process (omit with --core).
-    #[arg(required_unless_present = "core", conflicts_with = "core")]
-    pub pid: Option<u32>,
     #[command(flatten)]
-    pub attach: AttachTuning,
-    #[command(flatten)]
-    pub read: HeapReadArgs,
-    #[command(flatten)]
-    pub core: CoreArgs,
+    pub target: HeapTarget,
     /// Count only objects the garbage collector tracks (faster, no str/int/float...).
     #[arg(long)]
     pub gc_only: bool,
@@ -198,15 +191,8 @@ pub struct GrowthArgs {
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// The Python process (omit with --core).
-    #[arg(required_unless_present = "core", conflicts_with = "core")]
-    pub pid: Option<u32>,
     #[command(flatten)]
-    pub attach: AttachTuning,
-    #[command(flatten)]
-    pub read: HeapReadArgs,
-    #[command(flatten)]
-    pub core: CoreArgs,
+    pub target: HeapTarget,
     /// Run gc.collect() and report what it freed (uses the agent).
     #[arg(long, conflicts_with_all = ["read_only", "nonblocking", "core"])]
     pub collect: bool,
@@ -268,15 +254,8 @@ pub struct WhyArgs {
 
 #[derive(Debug, Args)]
 pub struct RetainedArgs {
-    /// The Python process (omit with --core).
-    #[arg(required_unless_present = "core", conflicts_with = "core")]
-    pub pid: Option<u32>,
     #[command(flatten)]
-    pub attach: AttachTuning,
-    #[command(flatten)]
-    pub read: HeapReadArgs,
-    #[command(flatten)]
-    pub core: CoreArgs,
+    pub target: HeapTarget,
     /// How many objects to list.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
@@ -399,6 +378,21 @@ pub struct HeapReadArgs {
     /// Read from outside without pausing the target's threads (objects changing meanwhile are skipped, with a warning).
     #[arg(long, conflicts_with = "inject")]
     pub nonblocking: bool,
+}
+
+/// A live Python process or a core file, and how to reach its heap: what
+/// `types`, `gc` and `retained` take.
+#[derive(Debug, Args)]
+pub struct HeapTarget {
+    /// The Python process (omit with --core).
+    #[arg(required_unless_present = "core", conflicts_with = "core")]
+    pub pid: Option<u32>,
+    #[command(flatten)]
+    pub attach: AttachTuning,
+    #[command(flatten)]
+    pub read: HeapReadArgs,
+    #[command(flatten)]
+    pub core: CoreArgs,
 }
 
 /// A core dump instead of a live process (read-only).

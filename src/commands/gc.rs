@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::readonly::Target;
 use super::{CmdResult, Out};
 use crate::agent::Session;
 use crate::analysis::gcstate::{self, CollectRaw, CollectReport, GcBasics, GcStateRaw, Meta};
@@ -59,26 +60,21 @@ pub(crate) fn rss(proc: &Process) -> anyhow::Result<(u64, u64)> {
 
 pub fn run(args: &GcArgs) -> CmdResult {
     let interval = Duration::from_secs_f64(args.interval);
-    let report = if let Some(core) = &args.core.core {
-        let source = Source::Core {
-            core: core.clone(),
-            exe: args.core.exe.clone(),
-        };
-        super::gc_outside::report(&source, args.limit, interval)?
-    } else {
-        let pid = args
-            .pid
-            .ok_or_else(|| anyhow::anyhow!("give a pid, or a core file with --core"))?;
-        let outside = super::readonly::from_memory(&args.read, args.collect, |pause| {
-            super::gc_outside::report(&Source::Live { pid, pause }, args.limit, interval)
-        })?;
-        match outside {
-            Some(r) => r,
-            None => {
-                let proc = super::open(pid)?;
-                super::with_session(&args.attach.with_pid(pid), |attached| {
-                    read_report(attached, &proc, args.limit, interval, args.collect)
-                })?
+    let t = &args.target;
+    let report = match super::readonly::target(t)? {
+        Target::Core { source, .. } => super::gc_outside::report(&source, args.limit, interval)?,
+        Target::Live(pid) => {
+            let outside = super::readonly::from_memory(&t.read, args.collect, |pause| {
+                super::gc_outside::report(&Source::Live { pid, pause }, args.limit, interval)
+            })?;
+            match outside {
+                Some(r) => r,
+                None => {
+                    let proc = super::open(pid)?;
+                    super::with_session(&t.attach.with_pid(pid), |attached| {
+                        read_report(attached, &proc, args.limit, interval, args.collect)
+                    })?
+                }
             }
         }
     };

@@ -9,8 +9,35 @@
 //! started with `memsleuth run` is reached through its listener);
 //! `--read-only` and `--nonblocking` never inject and end in the error.
 
-use crate::cli::HeapReadArgs;
+use crate::cli::{HeapReadArgs, HeapTarget};
 use crate::heap::read::ReadError;
+use crate::heap::source::Source;
+
+/// What a command that also reads cores was pointed at.
+pub enum Target {
+    /// `--core FILE [--exe PATH]`, and the file's name as shown.
+    Core {
+        source: Source,
+        path: String,
+    },
+    Live(u32),
+}
+
+/// The core file given with `--core`, else the pid.
+pub fn target(t: &HeapTarget) -> anyhow::Result<Target> {
+    if let Some(core) = &t.core.core {
+        return Ok(Target::Core {
+            source: Source::Core {
+                core: core.clone(),
+                exe: t.core.exe.clone(),
+            },
+            path: core.display().to_string(),
+        });
+    }
+    t.pid
+        .map(Target::Live)
+        .ok_or_else(|| anyhow::anyhow!("give a pid, or a core file with --core"))
+}
 
 /// Runs `read` (given whether to pause) unless the agent must be used;
 /// `Ok(None)` means: use the agent.

@@ -20,6 +20,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::{Value, json};
 
+use super::readonly::Target;
 use super::{CmdResult, Out};
 use crate::agent::{Session, SessionError};
 use crate::analysis::refgraph::explain::{self, Labels, LabelsAnswer, RootRecord};
@@ -390,28 +391,23 @@ fn gone(e: crate::heap::HeapError, pid: u32) -> ReadError {
 pub fn run(args: &RetainedArgs) -> CmdResult {
     let started = Instant::now();
     let limit = args.limit as usize;
-    let mut report = if let Some(core) = &args.core.core {
-        let source = Source::Core {
-            core: core.clone(),
-            exe: args.core.exe.clone(),
-        };
-        collect_memory(&source, limit)?
-    } else {
-        let pid = args
-            .pid
-            .ok_or_else(|| anyhow::anyhow!("give a pid, or a core file with --core"))?;
-        let from_memory = super::readonly::from_memory(&args.read, false, |pause| {
-            collect_memory(&Source::Live { pid, pause }, limit)
-        })?;
-        match from_memory {
-            Some(r) => r,
-            None => {
-                let (mut report, detach_s) =
-                    super::with_session_timed(&args.attach.with_pid(pid), |attached| {
-                        collect(attached, limit)
-                    })?;
-                report.detach_s = detach_s;
-                report
+    let t = &args.target;
+    let mut report = match super::readonly::target(t)? {
+        Target::Core { source, .. } => collect_memory(&source, limit)?,
+        Target::Live(pid) => {
+            let from_memory = super::readonly::from_memory(&t.read, false, |pause| {
+                collect_memory(&Source::Live { pid, pause }, limit)
+            })?;
+            match from_memory {
+                Some(r) => r,
+                None => {
+                    let (mut report, detach_s) =
+                        super::with_session_timed(&t.attach.with_pid(pid), |attached| {
+                            collect(attached, limit)
+                        })?;
+                    report.detach_s = detach_s;
+                    report
+                }
             }
         }
     };

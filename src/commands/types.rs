@@ -18,6 +18,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::json;
 
+use super::readonly::Target;
 use super::{CmdResult, Out};
 use crate::agent::{Session, SessionError};
 use crate::analysis::census::{AgentStats, Census, CensusBuilder, RowKind};
@@ -156,25 +157,16 @@ pub fn run(args: &TypesArgs) -> CmdResult {
         gc_only: args.gc_only,
         keep_ids: false,
     };
-    let taken = if let Some(core) = &args.core.core {
-        let source = Source::Core {
-            core: core.clone(),
-            exe: args.core.exe.clone(),
-        };
-        from_outside(
-            read_census(&source, &opts)?,
-            Some(core.display().to_string()),
-        )
-    } else {
-        let pid = args
-            .pid
-            .ok_or_else(|| anyhow::anyhow!("give a pid, or a core file with --core"))?;
-        let outside = super::readonly::from_memory(&args.read, args.collect, |pause| {
-            read_census(&Source::Live { pid, pause }, &opts)
-        })?;
-        match outside {
-            Some(r) => from_outside(r, None),
-            None => by_agent(args, pid)?,
+    let taken = match super::readonly::target(&args.target)? {
+        Target::Core { source, path } => from_outside(read_census(&source, &opts)?, Some(path)),
+        Target::Live(pid) => {
+            let outside = super::readonly::from_memory(&args.target.read, args.collect, |pause| {
+                read_census(&Source::Live { pid, pause }, &opts)
+            })?;
+            match outside {
+                Some(r) => from_outside(r, None),
+                None => by_agent(args, pid)?,
+            }
         }
     };
     print(args, &taken, started)
@@ -204,7 +196,7 @@ fn by_agent(args: &TypesArgs, pid: u32) -> anyhow::Result<Taken> {
         ids_by_call: false,
     };
     let (mut taken, detach_s) =
-        super::with_session_timed(&args.attach.with_pid(pid), |attached| {
+        super::with_session_timed(&args.target.attach.with_pid(pid), |attached| {
             let (census, census_s) = take_census(&mut attached.session, req)?;
             Ok(Taken {
                 census,
