@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::Duration;
 
 use common::{Target, for_each_interpreter, memsleuth, run, spawn_target};
@@ -42,21 +41,6 @@ fn user_rows(v: &Value) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
-/// The blocked target's report: gc.get_objects() per type and the audit
-/// events seen since the last report.
-fn report(t: &Target) -> Value {
-    let skip = t.stdout_lines_so_far().len();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&t.info["fifo"])
-        .unwrap();
-    f.write_all(b"report\n").unwrap();
-    let line = t
-        .wait_line("report ", skip, Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("[{}] no report", t.interp_label));
-    serde_json::from_str(&line).unwrap()
-}
-
 fn thread_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
@@ -67,9 +51,9 @@ fn settle(t: &Target, threads: usize) {
     while thread_count(t.pid) > threads && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut last = report(t)["types"].clone();
+    let mut last = t.fifo_report()["types"].clone();
     for _ in 0..8 {
-        let now = report(t)["types"].clone();
+        let now = t.fifo_report()["types"].clone();
         if now == last {
             return;
         }
@@ -136,7 +120,7 @@ fn types_gc_and_growth_read_from_outside_by_default() {
             g["garbage"]["len"], agent_gc["garbage"]["len"],
             "[{label}] gc.garbage"
         );
-        let rep = report(&t);
+        let rep = t.fifo_report();
         let listed: u64 = rep["types"]
             .as_object()
             .unwrap()
@@ -176,7 +160,7 @@ fn types_gc_and_growth_read_from_outside_by_default() {
         assert_eq!(gr["samples"].as_array().unwrap().len(), 2);
         assert!(gr["samples"][0]["paused_s"].as_f64().unwrap() > 0.0);
         if py.at_least(3, 8) {
-            assert_eq!(report(&t)["audit"], serde_json::json!([]), "[{label}]");
+            assert_eq!(t.fifo_report()["audit"], serde_json::json!([]), "[{label}]");
         }
 
         // Options that need the interpreter cannot be read-only.

@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::time::Duration;
 
 use common::{Target, for_each_interpreter, memsleuth, run, spawn_target};
@@ -33,24 +32,11 @@ fn open(t: &Target) -> (Interpreter, Copied) {
     (interp, copy)
 }
 
-/// Asks the blocked target for its report (gc.get_objects() per type id,
-/// audit events).
-fn report(t: &Target) -> Value {
-    let skip = t.stdout_lines_so_far().len();
-    let fifo = &t.info["fifo"];
-    let mut f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
-    f.write_all(b"report\n").unwrap();
-    let line = t
-        .wait_line("report ", skip, Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("[{}] no report", t.interp_label));
-    serde_json::from_str(&line).unwrap()
-}
-
 /// Asks for reports until two in a row give the same counts per type.
 fn settle(t: &Target) {
-    let mut last = report(t)["types"].clone();
+    let mut last = t.fifo_report()["types"].clone();
     for _ in 0..8 {
-        let now = report(t)["types"].clone();
+        let now = t.fifo_report()["types"].clone();
         if now == last {
             return;
         }
@@ -147,7 +133,7 @@ fn read_only_census_matches_the_interpreter_and_the_agent() {
             "[{label}] warnings {:?}",
             hc.warnings
         );
-        let rep = report(&t);
+        let rep = t.fifo_report();
         let theirs: HashMap<u64, u64> = rep["types"]
             .as_object()
             .unwrap()
@@ -271,7 +257,7 @@ fn read_only_census_matches_the_interpreter_and_the_agent() {
         }
         // 4. The audit hook works: the agent's visit shows in it.
         if py.at_least(3, 8) {
-            let rep = report(&t);
+            let rep = t.fifo_report();
             assert!(
                 rep["audit"].as_array().is_some_and(|a| !a.is_empty()),
                 "[{label}] the audit hook saw nothing of the agent: {rep}"

@@ -9,10 +9,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::time::Duration;
-
-use common::{Interpreter, Target, for_each_interpreter, memsleuth, run, spawn_target};
+use common::{Interpreter, for_each_interpreter, memsleuth, run, spawn_target};
 use serde_json::Value;
 
 fn retained_json(interp: &Interpreter, pid: u32, limit: &str, extra: &[&str]) -> Value {
@@ -245,20 +242,6 @@ print('frame lists %d' % n)";
     });
 }
 
-/// heap_population's report: the audit events since the last one.
-fn audit_report(t: &Target) -> Value {
-    let skip = t.stdout_lines_so_far().len();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&t.info["fifo"])
-        .unwrap();
-    f.write_all(b"report\n").unwrap();
-    let line = t
-        .wait_line("report ", skip, Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("[{}] no report", t.interp_label));
-    serde_json::from_str(&line).unwrap()
-}
-
 #[test]
 fn read_from_memory_runs_no_code_in_the_target() {
     for_each_interpreter(|interp| {
@@ -268,14 +251,14 @@ fn read_from_memory_runs_no_code_in_the_target() {
         let Some(t) = spawn_target(interp, "heap_population", &[]) else {
             return;
         };
-        audit_report(&t);
+        t.fifo_report();
         let r = run(memsleuth().args(["retained", &t.pid.to_string(), "--read-only", "--json"]));
         assert_eq!(r.code, 0, "[{interp}] {}", r.stderr);
         let v: Value = serde_json::from_str(&r.stdout).unwrap();
         assert_eq!(v["source"], "memory", "[{interp}]");
         assert!(v["heap"]["objects"].as_u64().unwrap() > 1000, "[{interp}]");
         assert_eq!(
-            audit_report(&t)["audit"],
+            t.fifo_report()["audit"],
             serde_json::json!([]),
             "[{interp}] audit events during the read from memory"
         );

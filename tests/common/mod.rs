@@ -584,6 +584,23 @@ impl Target {
         serde_json::from_str(&line).expect("state JSON")
     }
 
+    /// A target blocked reading its fifo (heap_population, heap_gil_held):
+    /// its `report` line (gc.get_objects() per type, the audit events since
+    /// the last report).
+    pub fn fifo_report(&self) -> serde_json::Value {
+        use std::io::Write;
+        let skip = self.stdout_lines_so_far().len();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.info["fifo"])
+            .unwrap();
+        f.write_all(b"report\n").unwrap();
+        let line = self
+            .wait_line("report ", skip, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("[{}] no report", self.interp_label));
+        serde_json::from_str(&line).unwrap()
+    }
+
     /// The target's stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
