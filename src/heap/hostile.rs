@@ -282,18 +282,23 @@ fn a_list_that_loops_short_of_its_head_stops() {
     );
 }
 
-#[test]
-fn containers_holding_themselves_or_claiming_huge_sizes_are_bounded() {
+/// [`populated`] with a list that holds itself and another list, and a
+/// list claiming 2^40 items and an allocation of 2^62 words.
+fn self_holding_and_huge() -> Heap {
     let (mut h, lists) = populated();
-    // A list that holds itself and another list.
     let arr = h.alloc(16);
     h.mem.w64(arr, lists[0]);
     h.mem.w64(arr + 8, lists[1]);
     h.mem.w64(lists[0] + 16, 2);
     h.mem.w64(lists[0] + 24, arr);
-    // A list claiming 2^40 items and an allocation of 2^62 words.
     h.mem.w64(lists[5] + 16, 1 << 40);
     h.mem.w64(lists[5] + 32, 1 << 62);
+    h
+}
+
+#[test]
+fn containers_holding_themselves_or_claiming_huge_sizes_are_bounded() {
+    let h = self_holding_and_huge();
     let it = h.locate().unwrap();
     let hc = both(&h.mem, &it);
     // The one claiming 2^62 words is left out (no object is that big) and
@@ -440,14 +445,7 @@ fn the_graph_of_a_well_formed_fake_heap_is_exact() {
 
 #[test]
 fn the_graph_of_a_hostile_heap_is_bounded() {
-    let (mut h, lists) = populated();
-    let arr = h.alloc(16);
-    h.mem.w64(arr, lists[0]);
-    h.mem.w64(arr + 8, lists[1]);
-    h.mem.w64(lists[0] + 16, 2);
-    h.mem.w64(lists[0] + 24, arr);
-    h.mem.w64(lists[5] + 16, 1 << 40);
-    h.mem.w64(lists[5] + 32, 1 << 62);
+    let h = self_holding_and_huge();
     let (g, _, _) = graph_of(&h);
     assert!(g.len() <= 31);
     for seed in 0..8 {
