@@ -191,8 +191,12 @@ impl Prepared {
     /// Reads the maps, checks the size against available memory, and
     /// allocates (and faults in) the buffers. Does not touch the target.
     pub fn new(pid: u32) -> Result<Prepared, SnapshotError> {
-        let proc = Process::open(pid)?;
-        let maps = proc.maps()?;
+        let maps = Process::open(pid)?.maps()?;
+        Prepared::with_maps(pid, &maps)
+    }
+
+    /// [`Prepared::new`] with the maps already read.
+    pub fn with_maps(pid: u32, maps: &[Mapping]) -> Result<Prepared, SnapshotError> {
         let ranges: Vec<(u64, u64)> = maps
             .iter()
             .filter(|m| wanted(m))

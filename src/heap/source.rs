@@ -78,7 +78,7 @@ fn open_live(pid: u32, pause: bool) -> Result<Opened, SourceError> {
     // The copy's buffers are faulted in while the interpreter is detected
     // (ELF symbols): the two take about as long.
     let (detected, prepared) = std::thread::scope(|s| {
-        let prepared = s.spawn(move || Prepared::new(pid));
+        let prepared = s.spawn(|| Prepared::with_maps(pid, &maps));
         let detected = python::detect(&proc, &maps);
         let prepared = prepared
             .join()
