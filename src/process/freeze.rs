@@ -354,7 +354,9 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(state == "S" || state == "R", "{state}");
+        // Any state but a stop: a just-spawned `sleep` can still be paging
+        // its binary in (D) on a cold machine.
+        assert!(state != "t" && state != "T", "{state}");
         child.kill().ok();
         child.wait().ok();
     }
