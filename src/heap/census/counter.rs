@@ -262,7 +262,11 @@ impl<'a> Counter<'a> {
                     continue;
                 }
                 self.count(p, pi, false);
-                self.stack.push((p, pi));
+                // (Leaves hold nothing to follow: not queued.)
+                let t = self.types.info(pi);
+                if t.gc() || t.kind == Kind::Code {
+                    self.stack.push((p, pi));
+                }
             }
         }
         self.found = found;
