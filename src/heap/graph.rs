@@ -103,7 +103,7 @@ pub fn read_graph(
     while i < p.addr.len() {
         let obj = p.addr[i];
         let t = types.info(ti[i]);
-        if t.gc() || t.kind == Kind::Code {
+        if t.holds_refs() {
             found.clear();
             decode(&mem, it, t, obj, &mut |a, s| found.push((a, s)));
             for &(a, scanned) in &found {

@@ -132,8 +132,6 @@ pub fn decode(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64, f: &mut Sink)
 /// base), and its items when they are pointers (they start after the
 /// static base's fixed part).
 fn scan(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
-    let fixed = t.basicsize.min(4096);
-    let start = t.static_basicsize.min(fixed);
     let mut items = 0;
     if t.itemsize == 8 {
         items = mem.u64(obj + 16).unwrap_or(0);
@@ -141,6 +139,19 @@ fn scan(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
             items = 0;
         }
     }
+    scan_words(mem, t, obj, items, f);
+}
+
+/// The fixed part of an object, scanned word by word (no items).
+fn scan_fixed(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
+    scan_words(mem, t, obj, 0, f);
+}
+
+/// The fixed part and `items` pointer items (after the static base's fixed
+/// part), keeping the words that point outside the object.
+fn scan_words(mem: &Mem, t: &TypeInfo, obj: u64, items: u64, f: &mut Sink) {
+    let fixed = t.basicsize.min(4096);
+    let start = t.static_basicsize.min(fixed);
     let end = obj + fixed.max(start + 8 * items);
     let mut visit = |p: u64| {
         if p < obj || p >= end {
@@ -152,19 +163,6 @@ fn scan(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
     }
     if items > 0 {
         mem.words(obj + start, items, &mut visit);
-    }
-}
-
-/// The fixed part of an object, scanned word by word (no items).
-fn scan_fixed(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
-    let fixed = t.basicsize.min(4096);
-    if fixed > 16 {
-        let end = obj + fixed;
-        mem.words(obj + 16, (fixed - 16) / 8, &mut |p| {
-            if p < obj || p >= end {
-                f(p, true);
-            }
-        });
     }
 }
 

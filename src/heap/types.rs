@@ -86,6 +86,13 @@ impl TypeInfo {
     pub fn gc(&self) -> bool {
         self.flags & flags::HAVE_GC != 0
     }
+
+    /// Whether its objects can hold references worth decoding: the
+    /// collector-aware ones, and code objects (constants and names,
+    /// though the collector does not track them). Others are leaves.
+    pub fn holds_refs(&self) -> bool {
+        self.gc() || self.kind == Kind::Code
+    }
 }
 
 /// Slots of the direct-mapped cache in front of the index.

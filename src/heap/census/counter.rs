@@ -219,8 +219,7 @@ impl<'a> Counter<'a> {
     /// counted and queued.
     fn follow(&mut self, obj: u64, ti: u32) {
         let t = self.types.info(ti);
-        let worth = t.gc() || t.kind == Kind::Code;
-        if !worth {
+        if !t.holds_refs() {
             return;
         }
         let mut found = std::mem::take(&mut self.found);
@@ -263,8 +262,7 @@ impl<'a> Counter<'a> {
                 }
                 self.count(p, pi, false);
                 // (Leaves hold nothing to follow: not queued.)
-                let t = self.types.info(pi);
-                if t.gc() || t.kind == Kind::Code {
+                if self.types.info(pi).holds_refs() {
                     self.stack.push((p, pi));
                 }
             }
