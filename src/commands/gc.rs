@@ -62,7 +62,7 @@ pub fn run(args: &GcArgs) -> CmdResult {
     let interval = Duration::from_secs_f64(args.interval);
     let t = &args.target;
     let report = match super::readonly::target(t)? {
-        Target::Core { source, .. } => super::gc_outside::report(&source, args.limit, interval)?,
+        Target::Core(source) => super::gc_outside::report(&source, args.limit, interval)?,
         Target::Live(pid) => {
             let outside = super::readonly::from_memory(&t.read, args.collect, |pause| {
                 super::gc_outside::report(&Source::Live { pid, pause }, args.limit, interval)

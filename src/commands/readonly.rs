@@ -15,24 +15,18 @@ use crate::heap::source::Source;
 
 /// What a command that also reads cores was pointed at.
 pub enum Target {
-    /// `--core FILE [--exe PATH]`, and the file's name as shown.
-    Core {
-        source: Source,
-        path: String,
-    },
+    /// `--core FILE [--exe PATH]`.
+    Core(Source),
     Live(u32),
 }
 
 /// The core file given with `--core`, else the pid.
 pub fn target(t: &HeapTarget) -> anyhow::Result<Target> {
     if let Some(core) = &t.core.core {
-        return Ok(Target::Core {
-            source: Source::Core {
-                core: core.clone(),
-                exe: t.core.exe.clone(),
-            },
-            path: core.display().to_string(),
-        });
+        return Ok(Target::Core(Source::Core {
+            core: core.clone(),
+            exe: t.core.exe.clone(),
+        }));
     }
     t.pid
         .map(Target::Live)

@@ -289,10 +289,8 @@ const COLLECTING_RETRIES: u32 = 3;
 /// code runs in the target.
 pub fn collect_memory(source: &Source, limit: usize) -> Result<RetainedReport, ReadError> {
     let started = Instant::now();
-    let (pid, pause) = match source {
-        Source::Live { pid, pause } => (*pid, *pause),
-        Source::Core { .. } => (0, false),
-    };
+    let pid = source.pid();
+    let pause = matches!(source, Source::Live { pause: true, .. });
     let mut retries = 0;
     let (opened, interp, read) = loop {
         let opened = source::open(source)?;
@@ -345,10 +343,6 @@ pub fn collect_memory(source: &Source, limit: usize) -> Result<RetainedReport, R
         .and_then(|p| p.status())
         .ok()
         .map(|s| s.vm_hwm);
-    let core = match source {
-        Source::Core { core, .. } => Some(core.display().to_string()),
-        Source::Live { .. } => None,
-    };
     Ok(RetainedReport {
         schema: 1,
         pid: opened.pid,
@@ -374,15 +368,17 @@ pub fn collect_memory(source: &Source, limit: usize) -> Result<RetainedReport, R
             retries,
             tool_peak_rss_bytes,
             warnings,
-            core,
+            core: source.core_name(),
         }),
     })
 }
 
-/// A read that failed on a process that is gone is said as such (pid 0:
-/// a core file).
-fn gone(e: crate::heap::HeapError, pid: u32) -> ReadError {
-    if pid != 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+/// A read that failed on a process that is gone is said as such (`pid`:
+/// None for a core file).
+fn gone(e: crate::heap::HeapError, pid: Option<u32>) -> ReadError {
+    if let Some(pid) = pid
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    {
         return ReadError::Exited { pid };
     }
     ReadError::Heap(e)
@@ -393,7 +389,7 @@ pub fn run(args: &RetainedArgs) -> CmdResult {
     let limit = args.limit as usize;
     let t = &args.target;
     let mut report = match super::readonly::target(t)? {
-        Target::Core { source, .. } => collect_memory(&source, limit)?,
+        Target::Core(source) => collect_memory(&source, limit)?,
         Target::Live(pid) => {
             let from_memory = super::readonly::from_memory(&t.read, false, |pause| {
                 collect_memory(&Source::Live { pid, pause }, limit)

@@ -158,7 +158,7 @@ pub fn run(args: &TypesArgs) -> CmdResult {
         keep_ids: false,
     };
     let taken = match super::readonly::target(&args.target)? {
-        Target::Core { source, path } => from_outside(read_census(&source, &opts)?, Some(path)),
+        Target::Core(source) => from_outside(read_census(&source, &opts)?, source.core_name()),
         Target::Live(pid) => {
             let outside = super::readonly::from_memory(&args.target.read, args.collect, |pause| {
                 read_census(&Source::Live { pid, pause }, &opts)

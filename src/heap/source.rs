@@ -29,6 +29,24 @@ pub enum Source {
     Core { core: PathBuf, exe: Option<PathBuf> },
 }
 
+impl Source {
+    /// The live process's pid; None for a core.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Source::Live { pid, .. } => Some(*pid),
+            Source::Core { .. } => None,
+        }
+    }
+
+    /// The core file's name as shown to the user; None for a live process.
+    pub fn core_name(&self) -> Option<String> {
+        match self {
+            Source::Core { core, .. } => Some(core.display().to_string()),
+            Source::Live { .. } => None,
+        }
+    }
+}
+
 /// An opened target.
 pub struct Opened {
     pub space: Box<dyn AddressSpace + Send + Sync>,
