@@ -20,6 +20,7 @@ pub mod snapshot;
 pub mod source;
 pub mod space;
 
+mod arena;
 pub mod census;
 #[doc(hidden)]
 pub mod copied;

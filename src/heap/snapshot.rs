@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::arena::Arena;
 use super::space::AddressSpace;
 use crate::process::maps::Mapping;
 use crate::process::memory::{self, Chunk};
@@ -61,115 +62,6 @@ pub fn wanted(m: &Mapping) -> bool {
     !(m.shared() && device)
 }
 
-/// Anonymous memory of our own, unmapped on drop: faulted in up front so
-/// the copy during the pause writes into resident pages.
-struct Arena {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the arena is plain memory owned by this value; shared access is
-// read-only once the copy is done.
-unsafe impl Send for Arena {}
-unsafe impl Sync for Arena {}
-
-impl Arena {
-    fn new(len: usize) -> std::io::Result<Arena> {
-        if len == 0 {
-            return Ok(Arena {
-                ptr: std::ptr::NonNull::dangling().as_ptr(),
-                len: 0,
-            });
-        }
-        // SAFETY: a fresh private anonymous mapping; checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: advice on our own mapping.
-        unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
-        let arena = Arena {
-            ptr: ptr.cast(),
-            len,
-        };
-        arena.populate();
-        Ok(arena)
-    }
-
-    /// Faults every page in, on a few threads: the kernel zeroing ~100 MB
-    /// of fresh pages is most of the time this costs, and it scales with
-    /// cores. Huge pages (where the kernel has them at hand) make it
-    /// cheaper still. MADV_POPULATE_WRITE (Linux 5.14) faults a range in
-    /// at once; older kernels get the pages touched one by one.
-    fn populate(&self) {
-        const STEP: usize = 2 << 20;
-        let threads = super::threads().min(self.len.div_ceil(16 << 20)).max(1);
-        let share = self.len.div_ceil(threads).next_multiple_of(STEP);
-        let base = self.ptr as usize;
-        let len = self.len;
-        let fault = move |from: usize, to: usize| {
-            let p = (base + from) as *mut libc::c_void;
-            // SAFETY: `[from, to)` lies inside our own live mapping; the
-            // threads touch disjoint ranges.
-            unsafe {
-                if libc::madvise(p, to - from, 23 /* MADV_POPULATE_WRITE */) != 0 {
-                    let p = p as *mut u8;
-                    let mut off = 0;
-                    while off < to - from {
-                        p.add(off).write_volatile(0);
-                        off += PAGE as usize;
-                    }
-                }
-            }
-        };
-        // The threads start faulting together: a thread's first allocation
-        // maps its malloc arena, and an mmap waits for (and then blocks)
-        // every fault in progress on the same address space.
-        let starts: Vec<usize> = (0..len).step_by(share).collect();
-        let ready = std::sync::Barrier::new(starts.len());
-        std::thread::scope(|s| {
-            for &from in &starts[1..] {
-                let ready = &ready;
-                s.spawn(move || {
-                    ready.wait();
-                    fault(from, (from + share).min(len));
-                });
-            }
-            ready.wait();
-            fault(0, share.min(len));
-        });
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` is valid for `len` bytes for our lifetime.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    #[allow(clippy::mut_from_ref)]
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, exclusively borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: unmapping the mapping made in `new`.
-            unsafe { libc::munmap(self.ptr.cast(), self.len) };
-        }
-    }
-}
-
 /// One copied mapping: `len` bytes (what was read) at `start`, stored at
 /// `offset` of arena `arena`.
 #[derive(Debug, Clone, Copy)]
@@ -211,7 +103,7 @@ impl Prepared {
 
     /// Bytes the copy will take.
     pub fn bytes(&self) -> u64 {
-        self.arena.len as u64
+        self.arena.len() as u64
     }
 
     /// Copies the memory; call while the target is paused. The maps are
@@ -244,7 +136,7 @@ impl Prepared {
             .map(|(a, b)| b - a)
             .sum();
         if extra_len > 0 {
-            check_budget(pid, self.arena.len as u64 + extra_len)?;
+            check_budget(pid, self.arena.len() as u64 + extra_len)?;
         }
         let mut extra =
             Arena::new(extra_len as usize).map_err(|source| SnapshotError::Io { pid, source })?;
