@@ -121,13 +121,31 @@ fn read_only_census_matches_the_interpreter_and_the_agent() {
         // 1. The walk, then the interpreter's own count.
         let (mine, frozen) = tracked_by_type(&space, &interp);
         let hc = census(&space, &interp, &CensusOptions::default()).unwrap();
-        // The census on three threads finds the very same rows.
-        let par = census_parallel(&space, &interp, &CensusOptions::default(), 3).unwrap();
-        assert_eq!(
-            format!("{:?}", par.census.rows),
-            format!("{:?}", hc.census.rows),
-            "[{label}] census on 3 threads"
-        );
+        // The census on two threads (the lists walked from both ends, each
+        // end decoding what it walks) and on three (the two ends handing
+        // batches to a third) finds the very same rows. On a paused
+        // target the two ends must have met, not fallen back to one walker.
+        for threads in [2, 3] {
+            let opts = CensusOptions::default();
+            let par = census_parallel(&space, &interp, &opts, threads).unwrap();
+            assert_eq!(
+                format!("{:?}", par.census.rows),
+                format!("{:?}", hc.census.rows),
+                "[{label}] census on {threads} threads"
+            );
+            assert_eq!(par.walkers, 2, "[{label}] lists walked from both ends");
+            let gc_only = CensusOptions {
+                gc_only: true,
+                ..opts
+            };
+            let par = census_parallel(&space, &interp, &gc_only, threads).unwrap();
+            let one = census(&space, &interp, &gc_only).unwrap();
+            assert_eq!(
+                format!("{:?}", par.census.rows),
+                format!("{:?}", one.census.rows),
+                "[{label}] gc-only census on {threads} threads"
+            );
+        }
         assert!(
             hc.warnings.is_empty(),
             "[{label}] warnings {:?}",

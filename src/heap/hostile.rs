@@ -9,8 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::census::{CensusOptions, HeapCensus, census, census_parallel};
 use super::error::HeapError;
+use super::mem::Mem;
 use super::roots::{Interpreter, locate_with};
 use super::space::AddressSpace;
+use super::types::Types;
+use super::walk::Walker;
 use crate::python::PythonVersion;
 
 /// Regions of bytes; with `garbage`, every other address below 2^47 reads
@@ -208,20 +211,29 @@ impl Heap {
     }
 }
 
-/// The census on one thread and on three: the same rows, skips and
-/// warnings.
-fn both(space: &(dyn AddressSpace + Sync), it: &Interpreter) -> HeapCensus {
+/// The census on one thread, on two (the lists walked from both ends) and
+/// on three: the same rows, skips and warnings. Returns the one-thread
+/// census and how many threads walked the lists on two.
+fn both(space: &(dyn AddressSpace + Sync), it: &Interpreter) -> (HeapCensus, u8) {
     let one = census(space, it, &CensusOptions::default()).unwrap();
-    let three = census_parallel(space, it, &CensusOptions::default(), 3).unwrap();
-    assert_eq!(
-        format!("{:?}", one.census.rows),
-        format!("{:?}", three.census.rows)
-    );
-    assert_eq!(
-        (one.skipped, &one.warnings),
-        (three.skipped, &three.warnings)
-    );
-    one
+    let mut walkers = 0;
+    for threads in [2, 3] {
+        let par = census_parallel(space, it, &CensusOptions::default(), threads).unwrap();
+        assert_eq!(
+            format!("{:?}", one.census.rows),
+            format!("{:?}", par.census.rows),
+            "{threads} threads"
+        );
+        assert_eq!(
+            (one.skipped, &one.warnings),
+            (par.skipped, &par.warnings),
+            "{threads} threads"
+        );
+        if threads == 2 {
+            walkers = par.walkers;
+        }
+    }
+    (one, walkers)
 }
 
 fn row(hc: &HeapCensus, name: &str) -> (u64, u64) {
@@ -249,7 +261,8 @@ fn populated() -> (Heap, Vec<u64>) {
 fn a_well_formed_fake_heap_is_counted_exactly() {
     let (h, _) = populated();
     let it = h.locate().unwrap();
-    let hc = both(&h.mem, &it);
+    let (hc, walkers) = both(&h.mem, &it);
+    assert_eq!(walkers, 2, "the two ends met");
     assert_eq!(row(&hc, "list"), (10, 10), "{:?}", hc.census.rows);
     assert_eq!(row(&hc, "int"), (21, 0));
     assert_eq!(hc.skipped, 0);
@@ -262,10 +275,51 @@ fn a_torn_list_gives_a_partial_census_with_a_warning() {
     // The 4th list's node now points into unmapped memory.
     h.mem.w64(lists[3] - 16, 0x1234_5678_0000);
     let it = h.locate().unwrap();
-    let hc = both(&h.mem, &it);
+    let (hc, _) = both(&h.mem, &it);
     assert_eq!(row(&hc, "list").0, 4);
     assert!(hc.skipped > 0);
     assert!(!hc.warnings.is_empty());
+}
+
+#[test]
+fn a_prev_link_that_disagrees_with_next_falls_back_to_one_walker() {
+    let (mut h, lists) = populated();
+    // The 7th list's node says the 3rd comes before it; the 3rd's `next`
+    // says otherwise. The forward walk still sees all ten.
+    h.mem.w64(lists[6] - 16 + 8, lists[2] - 16);
+    let it = h.locate().unwrap();
+    // (Whether the backward end gets that far depends on timing; the
+    // result may not.)
+    let (hc, _) = both(&h.mem, &it);
+    assert_eq!(row(&hc, "list"), (10, 10), "{:?}", hc.census.rows);
+    // Walking backward alone, it stops there (before the node whose link
+    // is wrong) and says so.
+    let back = backward_walk(&h.mem, &it);
+    assert!(back.1, "inconsistent");
+    assert_eq!(back.0, vec![lists[9], lists[8], lists[7]]);
+}
+
+/// The objects a backward walk lists, and whether it stopped at a link
+/// that disagrees with its reverse.
+fn backward_walk(space: &dyn AddressSpace, it: &Interpreter) -> (Vec<u64>, bool) {
+    let mem = Mem::new(space);
+    let mut types = Types::new();
+    let mut w = Walker::backward(&mem, it);
+    let mut out = Vec::new();
+    while let Some(f) = w.next(&mem, it, &mut types) {
+        out.push(f.obj);
+    }
+    (out, w.inconsistent)
+}
+
+#[test]
+fn a_backward_walk_lists_what_a_forward_walk_does_in_reverse() {
+    let (h, lists) = populated();
+    let it = h.locate().unwrap();
+    let (mut back, inconsistent) = backward_walk(&h.mem, &it);
+    assert!(!inconsistent);
+    back.reverse();
+    assert_eq!(back, lists);
 }
 
 #[test]
@@ -273,7 +327,7 @@ fn a_list_that_loops_short_of_its_head_stops() {
     let (mut h, lists) = populated();
     h.mem.w64(lists[7] - 16, lists[2] - 16);
     let it = h.locate().unwrap();
-    let hc = both(&h.mem, &it);
+    let (hc, _) = both(&h.mem, &it);
     assert!(row(&hc, "list").0 <= 10);
     assert!(
         hc.warnings.iter().any(|w| w.contains("loops")),
@@ -300,7 +354,7 @@ fn self_holding_and_huge() -> Heap {
 fn containers_holding_themselves_or_claiming_huge_sizes_are_bounded() {
     let h = self_holding_and_huge();
     let it = h.locate().unwrap();
-    let hc = both(&h.mem, &it);
+    let (hc, _) = both(&h.mem, &it);
     // The one claiming 2^62 words is left out (no object is that big) and
     // said so; the nine others are counted.
     assert_eq!(row(&hc, "list").0, 9);
@@ -321,7 +375,7 @@ fn lists_running_into_garbage_memory_stop() {
         h.mem.w64(lists[4] - 16, 0x4000_0000_0000 + 0x1000 * seed);
         h.mem.w64(lists[6] + 24, 0x3000_0000_0000);
         let it = h.locate().unwrap();
-        let hc = both(&h.mem, &it);
+        let (hc, _) = both(&h.mem, &it);
         assert!(row(&hc, "list").0 >= 5);
         assert!(!hc.warnings.is_empty());
     }

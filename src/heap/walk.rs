@@ -6,7 +6,9 @@
 //!
 //! [`Walker`] hands out one object at a time, so that the census can decode
 //! each object while its memory is still in the cache; [`walk`] collects
-//! them all.
+//! them all. [`Walker::backward`] walks the same sequence from its other
+//! end, through the `prev` links, so that two threads can each take one end
+//! and meet in the middle (a linked list admits no other split).
 
 use super::error::HeapError;
 use super::mem::Mem;
@@ -51,8 +53,15 @@ pub struct Walker {
     lists: Vec<(u64, bool)>,
     cur: Option<List>,
     budget: u64,
+    /// Offset in a `PyGC_Head` of the link followed: `_gc_next` (0), or
+    /// `_gc_prev` (8) walking backward. Both carry flags in their low two
+    /// bits on 3.8+.
+    link: u64,
     pub skipped: u64,
     pub collecting: bool,
+    /// Walking backward, a link whose reverse does not lead back (`prev`
+    /// of a node whose `next` is another): the walk stopped there.
+    pub inconsistent: bool,
     pub warnings: Vec<String>,
 }
 
@@ -84,10 +93,31 @@ impl Walker {
             lists,
             cur: None,
             budget: MAX_NODES,
+            link: 0,
             skipped: 0,
             collecting,
+            inconsistent: false,
             warnings: Vec::new(),
         }
+    }
+
+    /// The same walk from its other end: the last list first, each from its
+    /// last node to its first through the `prev` links. Every link taken is
+    /// checked against its reverse (the node reached must have the one left
+    /// as its `next`), so that what this walker sees is exactly what a
+    /// forward walk would see; at the first mismatch it stops and sets
+    /// `inconsistent`. Only for lists at rest: while the collector runs,
+    /// 3.8+ keeps reference counts in `_gc_prev`.
+    pub fn backward(mem: &Mem, it: &Interpreter) -> Walker {
+        let mut w = Walker::new(mem, it);
+        w.lists.reverse();
+        w.link = 8;
+        w
+    }
+
+    /// The link of node `n` that a walk from the other end follows, masked.
+    fn reverse_link(link: u64, mem: &Mem, n: u64) -> Option<u64> {
+        mem.u64(n + (8 - link)).map(|v| v & !3)
     }
 
     /// The next valid object, or None when every list is done.
@@ -95,12 +125,17 @@ impl Walker {
         loop {
             if self.cur.is_none() {
                 let (head, permanent) = self.lists.pop()?;
-                let Some(n) = mem.u64(head).map(|v| v & !3) else {
+                let Some(n) = mem.u64(head + self.link).map(|v| v & !3) else {
                     self.warnings.push(format!(
                         "the generation list at {head:#x} could not be read"
                     ));
                     continue;
                 };
+                if self.link != 0 && Self::reverse_link(self.link, mem, n) != Some(head) {
+                    self.inconsistent = true;
+                    self.lists.clear();
+                    return None;
+                }
                 self.cur = Some(List {
                     head,
                     permanent,
@@ -143,13 +178,18 @@ impl Walker {
         }
         let obj = n + it.layout.gc_head;
         let ti = mem.u64(obj + 8).and_then(|ty| types.get(mem, it, ty));
-        let Some(next) = mem.u64(n).map(|v| v & !3) else {
+        let Some(next) = mem.u64(n + self.link).map(|v| v & !3) else {
             self.skipped += 1;
             self.warnings.push(format!(
                 "a generation list link at {n:#x} is unreadable; the rest of it was skipped"
             ));
             return Step::Done;
         };
+        if self.link != 0 && Self::reverse_link(self.link, mem, next) != Some(n) {
+            self.inconsistent = true;
+            self.lists.clear();
+            return Step::Done;
+        }
         if next == l.tortoise {
             self.warnings.push(
                 "a generation list loops without returning to its head; the walk stopped there"

@@ -211,7 +211,12 @@ impl<'a> Counter<'a> {
             && d != 0
             && mem.u64(d + 8) == Some(it.builtins.dict)
         {
-            self.owners.entry(d).or_insert((seq, owner));
+            // (The lowest position wins: a thread walking backward meets
+            // the later claimants first.)
+            let e = self.owners.entry(d).or_insert((seq, owner));
+            if seq < e.0 {
+                *e = (seq, owner);
+            }
         }
     }
 

@@ -42,6 +42,8 @@ pub struct HeapCensus {
     /// Objects in the permanent generation (not counted, like the agent).
     pub permanent: u64,
     pub collecting: bool,
+    /// Threads that walked the lists: 2 when two met in the middle.
+    pub walkers: u8,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -184,6 +186,7 @@ fn conclude(
         walk_s,
         permanent: frozen,
         collecting: walker.collecting,
+        walkers: 1,
     })
 }
 
