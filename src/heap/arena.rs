@@ -10,13 +10,14 @@
 //! 5.5 ms per huge page instead of 0.25 ms, which made one read-only
 //! census in three take twice as long. Small pages cost ~0.7 ms per 2 MiB
 //! here whatever ran before (they come from blocks too small to be
-//! reported). Each thread therefore faults its share in one huge page at a
-//! time and, after the first slow one, takes the rest in small pages.
+//! reported). The threads therefore fault the buffers in one huge page at
+//! a time and, after the first slow one, take the rest in small pages.
 //! (Faulting the slow ones in anyway leaves them at hand for a run that
 //! follows within seconds: over 27 back-to-back runs here, huge pages only
-//! gave a median of 84 ms but a mean of 118 and a worst of 281; this way,
-//! 102, 98 and 117. A user runs memsleuth once, so the worst case wins.)
+//! gave a median of 88 ms but a mean of 117 and a worst of 255; this way,
+//! 91, 94 and 119. A user runs memsleuth once, so the worst case wins.)
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 const PAGE: usize = 4096;
@@ -61,24 +62,20 @@ impl Arena {
     /// Faults every page in, on a few threads (zeroing scales with cores).
     fn populate(&self) {
         let threads = super::threads().min(self.len.div_ceil(16 << 20)).max(1);
-        let share = self.len.div_ceil(threads).next_multiple_of(HUGE);
-        let base = self.ptr as usize;
-        let len = self.len;
+        let faults = Faults::new(self.ptr as usize, self.len, SLOW_HUGE_PAGE);
         // The threads start faulting together: a thread's first allocation
         // maps its malloc arena, and an mmap waits for (and then blocks)
         // every fault in progress on the same address space.
-        let starts: Vec<usize> = (0..len).step_by(share).collect();
-        let ready = std::sync::Barrier::new(starts.len());
+        let ready = std::sync::Barrier::new(threads);
         std::thread::scope(|s| {
-            for &from in &starts[1..] {
-                let ready = &ready;
-                s.spawn(move || {
+            for _ in 1..threads {
+                s.spawn(|| {
                     ready.wait();
-                    fault_in(base + from, (from + share).min(len) - from, SLOW_HUGE_PAGE);
+                    faults.run();
                 });
             }
             ready.wait();
-            fault_in(base, share.min(len), SLOW_HUGE_PAGE);
+            faults.run();
         });
     }
 
@@ -139,24 +136,63 @@ fn map_aligned(len: usize) -> std::io::Result<*mut u8> {
     Ok(aligned as *mut u8)
 }
 
-/// Faults `[at, at + len)` of our own mapping in, a huge page at a time
-/// until one is slower than `slow_page`, then the rest at once in small
-/// pages. (Waiting for a second slow one cost more than it saved: the
-/// huge pages at hand run out together.)
-fn fault_in(at: usize, len: usize, slow_page: Duration) {
-    let end = at + len;
-    let mut p = at;
-    while p < end {
-        let next = (p + HUGE).min(end);
-        let started = thread_cpu_time();
-        populate_write(p, next - p);
-        let slow = thread_cpu_time().saturating_sub(started) > slow_page;
-        p = next;
-        if slow && p < end {
-            // SAFETY: advice on part of our own mapping.
-            unsafe { libc::madvise(p as *mut libc::c_void, end - p, libc::MADV_NOHUGEPAGE) };
-            populate_write(p, end - p);
-            return;
+/// Faulting a range of our own mapping in, shared by threads: each takes
+/// the next huge page in turn until one proves slower than `slow_page`;
+/// from then on the rest is advised out of huge pages and taken in pieces
+/// of small pages. (Sharing the pages, rather than giving each thread a
+/// share, keeps the threads busy to the end when one of them meets the
+/// slow pages; and the slow pages at hand run out for all threads at once,
+/// so one slow page is enough for all.)
+struct Faults {
+    start: usize,
+    len: usize,
+    slow_page: Duration,
+    /// Offset of the next piece no thread has taken.
+    next: AtomicUsize,
+    small: AtomicBool,
+}
+
+/// A piece of small pages taken at a time.
+const SMALL_PIECE: usize = 8 << 20;
+
+impl Faults {
+    fn new(start: usize, len: usize, slow_page: Duration) -> Faults {
+        Faults {
+            start,
+            len,
+            slow_page,
+            next: AtomicUsize::new(0),
+            small: AtomicBool::new(false),
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            let small = self.small.load(Ordering::Acquire);
+            let piece = if small { SMALL_PIECE } else { HUGE };
+            let at = self.next.fetch_add(piece, Ordering::AcqRel);
+            if at >= self.len {
+                return;
+            }
+            let end = (at + piece).min(self.len);
+            let started = thread_cpu_time();
+            populate_write(self.start + at, end - at);
+            let slow = thread_cpu_time().saturating_sub(started) > self.slow_page;
+            if slow && !small && !self.small.swap(true, Ordering::AcqRel) {
+                // Whatever no thread has taken yet. (A huge page another
+                // thread is faulting in meanwhile stays one.)
+                let from = self.next.load(Ordering::Acquire);
+                if from < self.len {
+                    // SAFETY: advice on part of our own mapping.
+                    unsafe {
+                        libc::madvise(
+                            (self.start + from) as *mut libc::c_void,
+                            self.len - from,
+                            libc::MADV_NOHUGEPAGE,
+                        )
+                    };
+                }
+            }
         }
     }
 }
@@ -241,7 +277,7 @@ mod tests {
         unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
         // Every huge page counts as slow: the first is faulted in as a huge
         // page, the other five after MADV_NOHUGEPAGE.
-        fault_in(p, len, Duration::ZERO);
+        Faults::new(p, len, Duration::ZERO).run();
         assert!(vm_flags(p).split(' ').any(|f| f == "hg"), "{}", vm_flags(p));
         let rest = vm_flags(p + HUGE);
         assert!(rest.split(' ').any(|f| f == "nh"), "{rest}");
