@@ -46,18 +46,22 @@ pub use census::{CensusOptions, HeapCensus, census, census_parallel};
 /// Threads for the heap reader's bulk work (faulting buffers in, the copy,
 /// the census): the machine's cores, at most 4 (beyond that the memory
 /// bandwidth is shared). `MEMSLEUTH_THREADS` overrides it (1: everything on
-/// one thread, e.g. to compare).
+/// one thread, e.g. to compare). Worked out once: the standard library
+/// reads three cgroup files each time it is asked.
 pub fn threads() -> usize {
-    if let Some(n) = std::env::var("MEMSLEUTH_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        return n.clamp(1, 64);
-    }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        if let Some(n) = std::env::var("MEMSLEUTH_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            return n.clamp(1, 64);
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4)
+    })
 }
 pub use error::HeapError;
 pub use roots::{Interpreter, locate};
