@@ -31,8 +31,8 @@ use crate::analysis::retained::{
 };
 use crate::cli::RetainedArgs;
 use crate::heap::graph::read_graph;
-use crate::heap::locate;
 use crate::heap::read::ReadError;
+use crate::heap::read::locate_opened;
 use crate::heap::source::{self, Source};
 use crate::inject::attach::Attached;
 use crate::render::retained::{
@@ -294,7 +294,7 @@ pub fn collect_memory(source: &Source, limit: usize) -> Result<RetainedReport, R
     let mut retries = 0;
     let (opened, interp, read) = loop {
         let opened = source::open(source)?;
-        let interp = locate(opened.space.as_ref(), &opened.python).map_err(|e| gone(e, pid))?;
+        let interp = locate_opened(&opened, source).map_err(|e| gone(e, pid))?;
         let read = read_graph(opened.space.as_ref(), &interp).map_err(|e| gone(e, pid))?;
         if read.collecting && pause && retries < COLLECTING_RETRIES {
             retries += 1;

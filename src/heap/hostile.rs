@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::census::{CensusOptions, HeapCensus, census, census_parallel};
 use super::error::HeapError;
 use super::mem::Mem;
-use super::roots::{Interpreter, locate_with};
+use super::roots::{Heads, Interpreter, locate_heads, locate_with};
 use super::space::AddressSpace;
 use super::types::Types;
 use super::walk::Walker;
@@ -209,6 +209,18 @@ impl Heap {
         };
         locate_with(&self.mem, v, "libpython3.12.so.1.0", &syms, None)
     }
+
+    /// [`Heap::locate`] as for a running process, with the lenient check
+    /// of the heads (see `roots::locate_running`).
+    fn locate_running(&self) -> Result<Interpreter, HeapError> {
+        let v = PythonVersion::from_hex(0x030c_01f0).unwrap();
+        let syms = |n: &str| match n {
+            "_PyRuntime" => Some(RUNTIME),
+            _ => self.syms.get(n).copied(),
+        };
+        let lib = "libpython3.12.so.1.0";
+        locate_heads(&self.mem, v, lib, &syms, None, Heads::OneLinked)
+    }
 }
 
 /// The census on one thread, on two (the lists walked from both ends) and
@@ -320,6 +332,23 @@ fn a_backward_walk_lists_what_a_forward_walk_does_in_reverse() {
     assert!(!inconsistent);
     back.reverse();
     assert_eq!(back, lists);
+}
+
+#[test]
+fn a_torn_young_head_is_refused_when_paused_and_walked_when_running() {
+    let (mut h, lists) = populated();
+    // Generation 0's first node no longer points back at its head (as in
+    // a copy taken without pausing, where the two were read apart).
+    h.mem.w64(lists[0] - 16 + 8, lists[5] - 16);
+    assert!(matches!(h.locate(), Err(HeapError::Corrupt(_))));
+    let it = h.locate_running().unwrap();
+    let hc = census(&h.mem, &it, &CensusOptions::default()).unwrap();
+    assert_eq!(row(&hc, "list"), (10, 10), "{:?}", hc.census.rows);
+    // A head whose first node is not even a plausible address is no list,
+    // running or not.
+    let (mut h, _) = populated();
+    h.mem.w64(GC + 24, 0x13);
+    assert!(matches!(h.locate_running(), Err(HeapError::Corrupt(_))));
 }
 
 #[test]

@@ -64,4 +64,4 @@ pub fn threads() -> usize {
     })
 }
 pub use error::HeapError;
-pub use roots::{Interpreter, locate};
+pub use roots::{Interpreter, locate, locate_running};

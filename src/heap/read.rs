@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::census::{CensusOptions, HeapCensus, census, census_parallel};
 use super::error::HeapError;
 use super::gcstate::{self, GcReading};
-use super::roots::{Interpreter, locate};
+use super::roots::{Interpreter, locate, locate_running};
 use super::snapshot::SnapshotError;
 use super::source::{self, Opened, Source, SourceError};
 use super::space::LiveLazy;
@@ -239,12 +239,24 @@ pub fn reread_gc(pid: u32) -> Result<GcReading, ReadError> {
             comm: String::new(),
         })?;
     let lazy = LiveLazy { pid };
-    let interp = locate(&lazy, &py).map_err(|e| exited_or(e, &src))?;
+    let interp = locate_running(&lazy, &py).map_err(|e| exited_or(e, &src))?;
     gcstate::read(&lazy, &interp).map_err(|e| exited_or(e, &src))
 }
 
 fn locate_in(opened: &Opened, source: &Source) -> Result<Interpreter, ReadError> {
-    locate(opened.space.as_ref(), &opened.python).map_err(|e| exited_or(e, source))
+    locate_opened(opened, source).map_err(|e| exited_or(e, source))
+}
+
+/// The interpreter of an opened target. A copy taken without pausing
+/// (`--nonblocking`) holds each region as it was when that region was
+/// read, so a generation list's head (in libpython's data) and its first
+/// node (in the heap) may come from moments tens of milliseconds apart:
+/// it is located as a running process is ([`locate_running`]).
+pub fn locate_opened(opened: &Opened, source: &Source) -> Result<Interpreter, HeapError> {
+    match source {
+        Source::Live { pause: false, .. } => locate_running(opened.space.as_ref(), &opened.python),
+        _ => locate(opened.space.as_ref(), &opened.python),
+    }
 }
 
 /// A read that failed on a live process that is gone is said as such.

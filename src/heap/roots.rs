@@ -74,11 +74,46 @@ pub struct Interpreter {
 
 /// Finds the interpreter's GC state(s) and builtin types.
 pub fn locate(space: &dyn AddressSpace, py: &PythonProcess) -> Result<Interpreter, HeapError> {
+    locate_checked(space, py, Heads::AllLinked)
+}
+
+/// [`locate`] for memory read while the process runs (lazily, or copied
+/// without pausing it). A process that allocates all the time relinks the
+/// first nodes of its younger lists constantly, so a head and its first
+/// node read moments apart often disagree, though nothing is wrong. When
+/// the strict check fails, one head whose first node links back (the
+/// older lists rarely change) is taken as proof of the layout, with every
+/// head still readable and pointing at a plausible node; the census then
+/// walks what it can and counts what it skips.
+pub fn locate_running(
+    space: &dyn AddressSpace,
+    py: &PythonProcess,
+) -> Result<Interpreter, HeapError> {
+    match locate_checked(space, py, Heads::AllLinked) {
+        Err(HeapError::Corrupt(_)) => locate_checked(space, py, Heads::OneLinked),
+        r => r,
+    }
+}
+
+/// How strictly the generation lists' heads are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Heads {
+    /// Every head's first node links back to it.
+    AllLinked,
+    /// At least one does (see [`locate_running`]).
+    OneLinked,
+}
+
+fn locate_checked(
+    space: &dyn AddressSpace,
+    py: &PythonProcess,
+    heads: Heads,
+) -> Result<Interpreter, HeapError> {
     let version = py.version.ok_or(HeapError::UnknownVersion)?;
     let binary = py.binary.display().to_string();
     let symbols = |name: &str| py.exported_symbol_address(name);
     let runtime = py.section_address(".PyRuntime").map(|(a, _)| a);
-    locate_with(space, version, &binary, &symbols, runtime)
+    locate_heads(space, version, &binary, &symbols, runtime, heads)
 }
 
 /// [`locate`] from the pieces of a [`PythonProcess`] it uses: the version,
@@ -90,6 +125,24 @@ pub fn locate_with(
     binary: &str,
     symbols: &dyn Fn(&str) -> Option<u64>,
     runtime_section: Option<u64>,
+) -> Result<Interpreter, HeapError> {
+    locate_heads(
+        space,
+        version,
+        binary,
+        symbols,
+        runtime_section,
+        Heads::AllLinked,
+    )
+}
+
+pub(super) fn locate_heads(
+    space: &dyn AddressSpace,
+    version: PythonVersion,
+    binary: &str,
+    symbols: &dyn Fn(&str) -> Option<u64>,
+    runtime_section: Option<u64>,
+    check: Heads,
 ) -> Result<Interpreter, HeapError> {
     let binary = binary.to_string();
     if free_threaded_name(&binary) {
@@ -152,11 +205,11 @@ pub fn locate_with(
     let v = (version.major, version.minor);
     let mut warnings = Vec::new();
     let gcs = match v {
-        (2, 7) | (3, 6) => vec![old_generations(&mem, &sym("_PyGC_generation0")?, v)?],
+        (2, 7) | (3, 6) => vec![old_generations(&mem, &sym("_PyGC_generation0")?, v, check)?],
         (3, 7) | (3, 8) => {
             let rt = sym("_PyRuntime")?;
             let off = if v == (3, 7) { 320 } else { 344 };
-            vec![gc_state(&mem, rt + off, v)?]
+            vec![gc_state(&mem, rt + off, v, check)?]
         }
         (3, 9) | (3, 10) | (3, 11) | (3, 12) => {
             let rt = sym("_PyRuntime")?;
@@ -165,7 +218,7 @@ pub fn locate_with(
                 (3, 11) => (40, 648),
                 _ => (40, 112),
             };
-            per_interpreter(&mem, rt + head, 0, gc, v, &mut warnings)?
+            per_interpreter(&mem, rt + head, 0, gc, v, check, &mut warnings)?
         }
         _ => {
             let rt = runtime_section.or_else(|| symbols("_PyRuntime")).ok_or(
@@ -174,7 +227,7 @@ pub fn locate_with(
                     binary: binary.clone(),
                 },
             )?;
-            debug_offsets(&mem, rt, version, &mut warnings)?
+            debug_offsets(&mem, rt, version, check, &mut warnings)?
         }
     };
     Ok(Interpreter {
@@ -212,26 +265,39 @@ fn head_ok(mem: &Mem, h: u64) -> bool {
     super::mem::valid_ptr(next) && mem.u64(next + 8).map(|p| p & !3) == Some(h)
 }
 
-fn check_heads(mem: &Mem, heads: &[u64], what: &str) -> Result<(), HeapError> {
+fn check_heads(mem: &Mem, heads: &[u64], what: &str, check: Heads) -> Result<(), HeapError> {
+    let corrupt = |h: u64| {
+        HeapError::Corrupt(format!(
+            "the generation list at {h:#x} ({what}) is not a valid list: the process may be collecting garbage or corrupt; try again"
+        ))
+    };
+    let mut linked = 0;
+    let mut unlinked = None;
     for &h in heads {
-        if mem.u64(h).is_none() {
+        let Some(next) = mem.u64(h).map(|n| n & !3) else {
             return Err(HeapError::Unreadable {
                 addr: h,
                 what: "the collector's generation lists",
             });
-        }
-        if !head_ok(mem, h) {
-            return Err(HeapError::Corrupt(format!(
-                "the generation list at {h:#x} ({what}) is not a valid list: the process may be collecting garbage or corrupt; try again"
-            )));
+        };
+        if head_ok(mem, h) {
+            linked += 1;
+        } else if check == Heads::AllLinked || !super::mem::valid_ptr(next) {
+            // (With no plausible first node it is no list at all.)
+            return Err(corrupt(h));
+        } else {
+            unlinked.get_or_insert(h);
         }
     }
-    Ok(())
+    match unlinked {
+        Some(h) if linked == 0 => Err(corrupt(h)),
+        _ => Ok(()),
+    }
 }
 
 /// 2.7 and 3.6: `_PyGC_generation0` points at `generations[0].head`; the
 /// stride is 40 or 48 bytes (2.7 builds differ), found by validation.
-fn old_generations(mem: &Mem, sym: &u64, v: (u8, u8)) -> Result<GcState, HeapError> {
+fn old_generations(mem: &Mem, sym: &u64, v: (u8, u8), check: Heads) -> Result<GcState, HeapError> {
     let g0 = mem.ptr(*sym).ok_or(HeapError::Unreadable {
         addr: *sym,
         what: "_PyGC_generation0",
@@ -242,7 +308,7 @@ fn old_generations(mem: &Mem, sym: &u64, v: (u8, u8)) -> Result<GcState, HeapErr
         let heads = [g0, g0 + s, g0 + 2 * s];
         // The threshold of generation 0 is a small positive int.
         let thr = mem.u32(g0 + 32).unwrap_or(0);
-        match check_heads(mem, &heads, "generations") {
+        match check_heads(mem, &heads, "generations", check) {
             Ok(()) if thr > 0 && thr < 1 << 24 => {
                 return Ok(GcState {
                     state: None,
@@ -268,7 +334,7 @@ fn old_generations(mem: &Mem, sym: &u64, v: (u8, u8)) -> Result<GcState, HeapErr
 
 /// The GC state struct at `gc`, for 3.7–3.14 (fixed offsets; 3.13/3.14
 /// `collecting` comes from the debug table when given).
-fn gc_state(mem: &Mem, gc: u64, v: (u8, u8)) -> Result<GcState, HeapError> {
+fn gc_state(mem: &Mem, gc: u64, v: (u8, u8), check: Heads) -> Result<GcState, HeapError> {
     let st = match v {
         (3, 7) => GcState {
             state: Some(gc),
@@ -313,7 +379,7 @@ fn gc_state(mem: &Mem, gc: u64, v: (u8, u8)) -> Result<GcState, HeapError> {
     };
     let mut all = st.heads.to_vec();
     all.extend(st.permanent);
-    check_heads(mem, &all, "GC state")?;
+    check_heads(mem, &all, "GC state", check)?;
     Ok(st)
 }
 
@@ -325,6 +391,7 @@ fn per_interpreter(
     next_off: u64,
     gc_off: u64,
     v: (u8, u8),
+    check: Heads,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<GcState>, HeapError> {
     let mut interp = mem.ptr(head_ptr).ok_or(HeapError::Unreadable {
@@ -341,7 +408,7 @@ fn per_interpreter(
         if interp == 0 {
             break;
         }
-        match gc_state(mem, interp + gc_off, v) {
+        match gc_state(mem, interp + gc_off, v, check) {
             Ok(s) => out.push(s),
             Err(e) if out.is_empty() => return Err(e),
             Err(e) => warnings.push(format!("a sub-interpreter was skipped: {e}")),
@@ -359,6 +426,7 @@ fn debug_offsets(
     mem: &Mem,
     rt: u64,
     version: PythonVersion,
+    check: Heads,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<GcState>, HeapError> {
     let table = mem.bytes(rt, 128).ok_or(HeapError::Unreadable {
@@ -398,7 +466,7 @@ fn debug_offsets(
             )));
         }
     }
-    let mut gcs = per_interpreter(mem, rt + interp_head, next_off, gc_off, v, warnings)?;
+    let mut gcs = per_interpreter(mem, rt + interp_head, next_off, gc_off, v, check, warnings)?;
     // `gc.collecting` as the table says (3.13: @576, 3.14: @656).
     let at = match v {
         (3, 13) => Some(576),

@@ -70,7 +70,7 @@ impl Outside {
         let maps = proc.maps()?;
         let py = crate::python::detect(&proc, &maps)?
             .ok_or_else(|| anyhow::anyhow!("process {pid} is not a Python process"))?;
-        let interp = crate::heap::locate(&LiveLazy { pid }, &py)?;
+        let interp = crate::heap::locate_running(&LiveLazy { pid }, &py)?;
         Ok(Outside {
             pid,
             interp,

@@ -31,7 +31,7 @@ use crate::analysis::census::Census;
 use crate::analysis::gcstate::GcBasics;
 use crate::analysis::watch::HeapPoint;
 use crate::heap::space::{AddressSpace, LiveLazy};
-use crate::heap::{CensusOptions, HeapError, Interpreter, census, gcstate, locate};
+use crate::heap::{CensusOptions, HeapError, Interpreter, census, gcstate, locate_running};
 use crate::process::Process;
 use crate::python::PythonProcess;
 
@@ -187,7 +187,7 @@ impl Worker {
         *last = Some(Instant::now());
         let interp = match interp {
             Some(i) => i,
-            None => match locate(&live, &c.py) {
+            None => match locate_running(&live, &c.py) {
                 Ok(i) => interp.insert(Box::new(i)),
                 Err(e) if unsupported(&e) => {
                     self.state.insert(key, State::Unsupported);
