@@ -202,24 +202,22 @@ impl Heap {
     }
 
     fn locate(&self) -> Result<Interpreter, HeapError> {
-        let v = PythonVersion::from_hex(0x030c_01f0).unwrap();
-        let syms = |n: &str| match n {
-            "_PyRuntime" => Some(RUNTIME),
-            _ => self.syms.get(n).copied(),
-        };
-        locate_with(&self.mem, v, "libpython3.12.so.1.0", &syms, None)
+        self.locate_as(Heads::AllLinked)
     }
 
     /// [`Heap::locate`] as for a running process, with the lenient check
     /// of the heads (see `roots::locate_running`).
     fn locate_running(&self) -> Result<Interpreter, HeapError> {
+        self.locate_as(Heads::OneLinked)
+    }
+
+    fn locate_as(&self, check: Heads) -> Result<Interpreter, HeapError> {
         let v = PythonVersion::from_hex(0x030c_01f0).unwrap();
         let syms = |n: &str| match n {
             "_PyRuntime" => Some(RUNTIME),
             _ => self.syms.get(n).copied(),
         };
-        let lib = "libpython3.12.so.1.0";
-        locate_heads(&self.mem, v, lib, &syms, None, Heads::OneLinked)
+        locate_heads(&self.mem, v, "libpython3.12.so.1.0", &syms, None, check)
     }
 }
 
