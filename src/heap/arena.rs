@@ -220,12 +220,7 @@ fn populate_write(at: usize, len: usize) {
     // SAFETY: `[at, at + len)` lies inside our own live mapping; the
     // threads touch disjoint ranges.
     unsafe {
-        if libc::madvise(
-            at as *mut libc::c_void,
-            len,
-            23, /* MADV_POPULATE_WRITE */
-        ) != 0
-        {
+        if libc::madvise(at as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) != 0 {
             let p = at as *mut u8;
             let mut off = 0;
             while off < len {

@@ -176,7 +176,7 @@ impl SharedVisited {
             libc::madvise(
                 self.bits as *mut libc::c_void,
                 len,
-                23, /* MADV_POPULATE_WRITE */
+                libc::MADV_POPULATE_WRITE,
             )
         };
     }
