@@ -147,13 +147,7 @@ fn from_both_ends(
     };
     std::thread::scope(|s| {
         let helped: Vec<_> = (0..helpers)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut c = Counter::new(space, interp, &seen, opts.keep_ids);
-                    drain(&mut c, &handout, interp, opts);
-                    c.into_partial()
-                })
-            })
+            .map(|_| s.spawn(|| helper(space, interp, &seen, &handout, opts)))
             .collect();
         // Each end faults one of the two bitmaps in, then both start.
         let back = s.spawn(|| {
@@ -165,10 +159,8 @@ fn from_both_ends(
         both.wait();
         let front = end(forward, true);
         let back = back.join();
-        let mut parts = Vec::new();
-        for h in helped {
-            parts.push(h.join());
-        }
+        let mut helpers_part = Partial::default();
+        absorb_helpers(&mut helpers_part, helped);
         let Ok(back) = back else {
             return Ok(None);
         };
@@ -179,13 +171,7 @@ fn from_both_ends(
         }
         let mut part = front.part;
         part.absorb(back.part);
-        for p in parts {
-            // A helper that panicked loses its share: counted as skipped.
-            match p {
-                Ok(p) => part.absorb(p),
-                Err(_) => part.skipped += 1,
-            }
-        }
+        part.absorb(helpers_part);
         let counts = (front.listed + back.listed, front.frozen + back.frozen, 0);
         let mut hc = conclude(&mem, interp, opts, front.walker, part, counts, started)?;
         hc.walkers = 2;
@@ -206,14 +192,11 @@ fn one_walker(
     let seen = SharedVisited::new(&space.ranges());
     seen.prefault(PREFAULT_BYTES);
     let handout = Handout::default();
-    let work = || -> Partial {
-        let mut c = Counter::new(space, interp, &seen, opts.keep_ids);
-        drain(&mut c, &handout, interp, opts);
-        c.into_partial()
-    };
     let walking = AtomicUsize::new(1);
     std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let helpers: Vec<_> = (1..threads)
+            .map(|_| s.spawn(|| helper(space, interp, &seen, &handout, opts)))
+            .collect();
         let closer = Closer {
             handout: &handout,
             walking: &walking,
@@ -230,16 +213,34 @@ fn one_walker(
         }
         handout.push(batch);
         drop(closer);
-        let mut part = work();
-        for h in helpers {
-            // A helper that panicked loses its share: counted as skipped.
-            match h.join() {
-                Ok(p) => part.absorb(p),
-                Err(_) => part.skipped += 1,
-            }
-        }
+        let mut part = helper(space, interp, &seen, &handout, opts);
+        absorb_helpers(&mut part, helpers);
         listing.conclude(&mem, interp, opts, part, started)
     })
+}
+
+/// A census thread that only takes batches: what it counted.
+fn helper(
+    space: &dyn AddressSpace,
+    interp: &Interpreter,
+    seen: &SharedVisited,
+    handout: &Handout,
+    opts: &CensusOptions,
+) -> Partial {
+    let mut c = Counter::new(space, interp, seen, opts.keep_ids);
+    drain(&mut c, handout, interp, opts);
+    c.into_partial()
+}
+
+/// Joins the helper threads into `part`. A helper that panicked loses its
+/// share: counted as skipped.
+fn absorb_helpers(part: &mut Partial, helpers: Vec<std::thread::ScopedJoinHandle<'_, Partial>>) {
+    for h in helpers {
+        match h.join() {
+            Ok(p) => part.absorb(p),
+            Err(_) => part.skipped += 1,
+        }
+    }
 }
 
 /// Counts the batches handed out until the queue is closed and empty.
