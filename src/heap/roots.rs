@@ -253,12 +253,9 @@ fn free_threaded_name(path: &str) -> bool {
     })
 }
 
-/// Whether `h` is a plausible list head: empty, or its first node's
-/// `prev` points back at it.
-fn head_ok(mem: &Mem, h: u64) -> bool {
-    let Some(next) = mem.u64(h).map(|n| n & !3) else {
-        return false;
-    };
+/// Whether `h`, whose `next` (masked) is `next`, is a plausible list head:
+/// empty, or its first node's `prev` points back at it.
+fn head_ok(mem: &Mem, h: u64, next: u64) -> bool {
     if next == h {
         return true;
     }
@@ -280,7 +277,7 @@ fn check_heads(mem: &Mem, heads: &[u64], what: &str, check: Heads) -> Result<(),
                 what: "the collector's generation lists",
             });
         };
-        if head_ok(mem, h) {
+        if head_ok(mem, h, next) {
             linked += 1;
         } else if check == Heads::AllLinked || !super::mem::valid_ptr(next) {
             // (With no plausible first node it is no list at all.)
