@@ -161,6 +161,12 @@ fn evidence(out: &mut String, f: &Finding) {
                 )),
                 _ => {}
             }
+            if e.native_bytes_per_s >= 1.0 {
+                out.push_str(&format!(
+                    "{ind}and {} of native memory beyond the stacks (thread states, frame stacks)\n",
+                    units::rate(e.native_bytes_per_s)
+                ));
+            }
         }
         Evidence::Fds(e) => {
             for (target, n) in e.top_targets.iter().take(5) {

@@ -166,6 +166,10 @@ pub struct ThreadsEvidence {
     /// Thread stacks at the end of the window: how many, resident and
     /// reserved bytes (null without smaps).
     pub stacks: Option<super::rates::StackSample>,
+    /// Bytes per second charged beyond the stacks and the Python handles:
+    /// anonymous growth nothing else explains, up to THREAD_NATIVE per new
+    /// thread (the thread state, its frame stack, malloc's pieces).
+    pub native_bytes_per_s: f64,
     /// Python objects that are the threads' own (Thread, frames, locks).
     pub handles: Vec<TypeGrowth>,
 }

@@ -60,6 +60,10 @@ pub const MIN_OBJECT_BYTES: i64 = 8 * 1024;
 pub const MIN_GARBAGE: u64 = 10;
 /// RSS a new thread may account for (stack pages, a glibc arena's first heap).
 pub const THREAD_ALLOWANCE: u64 = 1 << 20;
+/// Native memory a new thread may be charged with beyond its stack (see
+/// `resources::thread_native_rate`): a thread state of 1–2 KiB, the
+/// first 16 KiB chunk of its frame stack and malloc's per-thread pieces.
+pub const THREAD_NATIVE: u64 = 24 << 10;
 /// Getsizeof bytes undercount what objects cost (allocator headers,
 /// alignment, free slots): anonymous growth up to this factor times the
 /// objects' bytes is theirs.

@@ -203,6 +203,20 @@ impl Ledger {
         self.growing.iter().map(|t| t.g.count_delta.max(0)).sum()
     }
 
+    /// Footprint growth per second of every growing type, claimed or not.
+    pub fn footprint_rate(&self) -> f64 {
+        let bytes: i64 = self
+            .growing
+            .iter()
+            .map(|t| t.g.total_bytes_delta().max(0))
+            .sum();
+        if self.span > 0.0 {
+            bytes as f64 / self.span
+        } else {
+            0.0
+        }
+    }
+
     pub fn rate(&self, types: &[TypeGrowth]) -> f64 {
         let bytes: i64 = types.iter().map(TypeGrowth::total_bytes_delta).sum();
         if self.span > 0.0 {

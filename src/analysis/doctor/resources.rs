@@ -8,7 +8,7 @@ use super::objects::{Ledger, per_s};
 use super::rates::{self, StackSample};
 use super::{
     Finding, Kind, MIN_RETAINED, MIN_RETAINED_SHARE, OBJECT_OVERHEAD, Observation,
-    THREAD_ALLOWANCE, ThreadInfo, UNTRACKED_ALLOWANCE, secs,
+    THREAD_ALLOWANCE, THREAD_NATIVE, ThreadInfo, UNTRACKED_ALLOWANCE, secs,
 };
 use crate::analysis::classify::{self, Change, Signal, trend};
 use crate::analysis::groups::Backing;
@@ -299,6 +299,48 @@ fn stack_growth(stacks: &[StackSample]) -> Option<(u64, f64)> {
     Some((b.rss.saturating_sub(a.rss), rate))
 }
 
+/// Anonymous growth over the stacks' window that neither the stacks nor
+/// Python objects (`python_rate`, their footprint) explain, up to
+/// THREAD_NATIVE per new thread: what the interpreter and libc keep per
+/// thread outside its stack (the thread state, the first chunk of its
+/// frame stack, malloc's per-thread arena pieces). Measured, not assumed:
+/// a few KiB per thread on these builds, which the findings would
+/// otherwise leave out of the rate.
+fn thread_native_rate(
+    obs: &Observation,
+    threads_per_s: f64,
+    stack_rate: f64,
+    python_rate: f64,
+) -> f64 {
+    let (Some(a), Some(b)) = (obs.stacks.first(), obs.stacks.last()) else {
+        return 0.0;
+    };
+    // Judge the growth from when the agent's own memory was in place.
+    let (settled, closing) = obs
+        .python
+        .as_ref()
+        .map_or((0.0, 0.0), |p| (p.settled_t, p.closing_t));
+    let end = if closing > settled {
+        b.t.min(closing)
+    } else {
+        b.t
+    };
+    let points: Vec<(f64, f64)> = obs
+        .samples
+        .iter()
+        .filter(|x| x.t >= a.t.max(settled) && x.t <= end)
+        .map(|x| (x.t, x.status.rss_anon as f64))
+        .collect();
+    let Some(anon_rate) = rates::theil_sen(&points) else {
+        return 0.0;
+    };
+    let rest = anon_rate - stack_rate - python_rate;
+    if !rest.is_finite() || threads_per_s <= 0.0 {
+        return 0.0;
+    }
+    rest.clamp(0.0, threads_per_s * THREAD_NATIVE as f64)
+}
+
 pub fn threads(obs: &Observation, signals: &[Signal], ledger: &mut Ledger, out: &mut Vec<Finding>) {
     let Some((threads, window)) = signals.iter().find_map(|s| match s {
         Signal::ThreadGrowth {
@@ -324,7 +366,12 @@ pub fn threads(obs: &Observation, signals: &[Signal], ledger: &mut Ledger, out: 
             (rss, rate, "allowance")
         }
     };
-    let rate = stack_rate + ledger.rate(&handles);
+    let native = if source == "stacks" {
+        thread_native_rate(obs, threads.rate_per_s, stack_rate, ledger.footprint_rate())
+    } else {
+        0.0 // the allowance already charges anonymous growth
+    };
+    let rate = stack_rate + ledger.rate(&handles) + native;
     let new_threads = match &obs.python {
         Some(py) if !py.threads_last.is_empty() => {
             let old: Vec<u64> = py.threads_first.iter().map(|t| t.ident).collect();
@@ -360,6 +407,7 @@ pub fn threads(obs: &Observation, signals: &[Signal], ledger: &mut Ledger, out: 
             rss_bytes: rss,
             rss_source: source.into(),
             stacks: obs.stacks.last().copied(),
+            native_bytes_per_s: native,
             handles,
         }),
         next: vec![

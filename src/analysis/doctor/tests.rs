@@ -139,6 +139,63 @@ fn threads_take_their_stdlib_handles_but_not_user_classes() {
     assert!(kinds(&d).contains(&Kind::PythonObjects));
 }
 
+/// Stack readings at the fixture's sample times, `per_s` resident bytes a
+/// second.
+fn stacks_growing(o: &Observation, per_s: f64) -> Vec<rates::StackSample> {
+    o.samples
+        .iter()
+        .map(|x| rates::StackSample {
+            t: x.t,
+            stacks: 10,
+            rss: (1_000_000.0 + per_s * x.t) as u64,
+            size: 80 << 20,
+        })
+        .collect()
+}
+
+#[test]
+fn threads_are_charged_the_anonymous_growth_their_stacks_leave_up_to_a_bound() {
+    let rows = vec![row(
+        "threading.Thread",
+        Some("threading"),
+        &[5, 25, 45, 65],
+        56,
+    )];
+    let threads_of = |stack_rate: f64| {
+        let mut o = obs("thread_leak", Some(python(rows.clone(), vec![])));
+        o.stacks = stacks_growing(&o, stack_rate);
+        let d = diagnose(&o);
+        let f = d.findings[0].clone();
+        let Evidence::Threads(e) = f.evidence else {
+            panic!("{:?}", kinds(&d))
+        };
+        (f.rate_bytes_per_s, e)
+    };
+    // RssAnon grows ~317 KiB/s with 20 new threads a second; stacks 160.
+    let (rate, e) = threads_of(160.0 * 1024.0);
+    let handles: f64 = e
+        .handles
+        .iter()
+        .map(|h| h.total_bytes_delta() as f64)
+        .sum::<f64>()
+        / 6.0;
+    assert!(
+        e.native_bytes_per_s > 100.0 * 1024.0,
+        "{}",
+        e.native_bytes_per_s
+    );
+    assert!(e.native_bytes_per_s <= 20.5 * THREAD_NATIVE as f64);
+    let sum = 160.0 * 1024.0 + handles + e.native_bytes_per_s;
+    assert!((rate - sum).abs() < 1.0, "{rate} vs {sum}");
+    assert!(
+        rate < 330.0 * 1024.0,
+        "never more than RssAnon grew: {rate}"
+    );
+    // Stacks that explain all of it leave nothing to charge.
+    let (_, e) = threads_of(400.0 * 1024.0);
+    assert_eq!(e.native_bytes_per_s, 0.0);
+}
+
 #[test]
 fn repeated_sysv_mapping_is_ranked_first() {
     let d = diagnose(&obs("sysv_shm_reattach", None));

@@ -393,6 +393,7 @@ fn every_evidence_kind_renders() {
                     rss: 1 << 20,
                     size: 320 << 20,
                 }),
+                native_bytes_per_s: 0.0,
                 handles: vec![],
             }),
         ),
