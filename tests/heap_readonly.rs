@@ -63,6 +63,22 @@ fn pops(t: &Target) -> Vec<(String, u64, u64, u64)> {
     out
 }
 
+/// `holds NAME HOLDER HELD` lines.
+fn holds(t: &Target) -> Vec<(String, u64, u64)> {
+    t.stdout_lines_so_far()
+        .iter()
+        .filter_map(|l| l.strip_prefix("holds "))
+        .map(|rest| {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            (
+                f[0].to_string(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn thread_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
@@ -210,6 +226,18 @@ fn read_only_census_matches_the_interpreter_and_the_agent() {
                 total += sizes::getsizeof(&mem, &interp, &ti, o);
             });
             assert_eq!((n, total), (count, size), "[{label}] population {name}");
+        }
+        // What frames' and generators' locals hold is theirs.
+        let holds = holds(&t);
+        assert!(!holds.is_empty(), "[{label}] no holds lines");
+        for (name, holder, held) in holds {
+            let ti = types_get(&mem, &interp, holder);
+            let mut found = false;
+            referents::decode(&mem, &interp, &ti, holder, &mut |p, _| found |= p == held);
+            assert!(
+                found,
+                "[{label}] the {name} at {holder:#x} does not hold {held:#x}"
+            );
         }
         // The classes' instances, exactly (scale 8).
         for (name, n) in [

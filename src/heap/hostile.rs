@@ -542,3 +542,56 @@ fn the_graph_of_a_hostile_heap_is_bounded() {
         let _ = super::graph::labels(&h.mem, &it, &edges, &lists);
     }
 }
+
+#[test]
+fn generator_frames_with_hostile_counts_are_bounded() {
+    use super::frames;
+    let (mut h, _) = populated();
+    let mut it = h.locate().unwrap();
+    it.builtins.code = TYPES + 0x8000;
+    // A 3.12 generator (basic size 144: its frame at 72, locals at 144)
+    // whose code and stack fields lie.
+    let code = h.alloc(256);
+    h.mem.w64(code + 8, it.builtins.code);
+    let g = h.alloc(4096);
+    h.mem.w64(g + 72, code);
+    let top = g + 72 + 64;
+    for (nlocals, stack, depth, most) in [
+        (u32::MAX, 3u32, 5u32, 4),
+        (3, 4, u32::MAX, 4),
+        (3, 4, 2, 6),
+        (3, 4, 400, 11),
+        ((1 << 19) + 1, 1 << 19, i32::MAX as u32, 4 + (1 << 20)),
+    ] {
+        h.mem.bytes(code + 72, &nlocals.to_le_bytes());
+        h.mem.bytes(code + 64, &stack.to_le_bytes());
+        h.mem.bytes(top, &depth.to_le_bytes());
+        h.mem.bytes(g + 67, &[0xff]); // suspended
+        let mem = Mem::new(&h.mem);
+        let mut calls = 0;
+        frames::gen_referents(&mem, &it, 144, g, &mut |_, _| calls += 1);
+        assert!(
+            calls <= most,
+            "{nlocals} {stack} {depth}: {calls} referents"
+        );
+        if let Some(size) = frames::gen_size(&mem, &it, 144, g) {
+            assert!(size <= 144 + 8 * (2 << 20), "{size}");
+        }
+        // Cleared: the frame is not read at all.
+        h.mem.bytes(g + 67, &[4]);
+        let mem = Mem::new(&h.mem);
+        let mut calls = 0;
+        frames::gen_referents(&mem, &it, 144, g, &mut |_, _| calls += 1);
+        assert_eq!(calls, 0);
+    }
+    // Garbage everywhere else: whatever a frame object's pointers say.
+    h.mem.garbage = Some(7);
+    let mem = Mem::new(&h.mem);
+    for obj in (0x7100_0000u64..0x7100_0000 + 64 * 1024).step_by(1032) {
+        let mut calls = 0u64;
+        frames::frame_referents(&mem, &it, 120, obj, &mut |_, _| calls += 1);
+        frames::gen_referents(&mem, &it, 144, obj, &mut |_, _| calls += 1);
+        let _ = frames::frame_size(&mem, &it, 120, obj);
+        assert!(calls <= 8 + 2 * (1 << 21));
+    }
+}

@@ -26,6 +26,7 @@ pub mod census;
 pub mod copied;
 pub mod dicts;
 pub mod error;
+pub mod frames;
 pub mod gcstate;
 pub mod graph;
 #[cfg(test)]

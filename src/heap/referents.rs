@@ -9,6 +9,7 @@
 //! keeping only words that point at a valid object outside it.
 
 use super::dicts;
+use super::frames;
 use super::layout::{InstanceLayout, flags, tp};
 use super::mem::{Mem, word};
 use super::roots::Interpreter;
@@ -111,10 +112,17 @@ pub fn decode(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64, f: &mut Sink)
             if t.special == Special::Deque {
                 deque_items(mem, it, obj, f);
             }
-            if t.special == Special::Frame && it.layout.at_least(3, 11) {
-                // Its fixed part only (the frame data it owns on 3.11+ is
-                // not decoded).
-                scan_fixed(mem, t, obj, f);
+            let inline_frame =
+                it.layout.at_least(3, 11) && matches!(t.special, Special::Frame | Special::Gen);
+            if inline_frame {
+                // Its own fields, then its frame as the interpreter
+                // traverses it (3.11+: the frame lives inside the object).
+                scan_head(mem, t, obj, frames::head_end(it, t.basicsize), f);
+                if t.special == Special::Gen {
+                    frames::gen_referents(mem, it, t.basicsize, obj, f);
+                } else {
+                    frames::frame_referents(mem, it, t.basicsize, obj, f);
+                }
             } else if t.special == Special::Frame {
                 frame_up_to_310(mem, it, t, obj, f);
             } else if t.gc() {
@@ -142,9 +150,18 @@ fn scan(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
     scan_words(mem, t, obj, items, f);
 }
 
-/// The fixed part of an object, scanned word by word (no items).
-fn scan_fixed(mem: &Mem, t: &TypeInfo, obj: u64, f: &mut Sink) {
-    scan_words(mem, t, obj, 0, f);
+/// The first `end` bytes of an object, scanned word by word, keeping the
+/// words that point outside it.
+fn scan_head(mem: &Mem, t: &TypeInfo, obj: u64, end: u64, f: &mut Sink) {
+    let end = end.min(t.basicsize).min(4096);
+    let past = obj + t.basicsize.min(4096);
+    if end > 16 {
+        mem.words(obj + 16, (end - 16) / 8, &mut |p| {
+            if p < obj || p >= past {
+                f(p, true);
+            }
+        });
+    }
 }
 
 /// The fixed part and `items` pointer items (after the static base's fixed

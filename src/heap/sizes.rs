@@ -37,6 +37,9 @@ pub fn getsizeof(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64) -> u64 {
     };
     let base = match t.kind {
         Kind::List => t.basicsize + 8 * mem.u64(obj + 32).unwrap_or(0).min(1 << 40),
+        Kind::Dict if t.special == Special::OrderedDict => {
+            dicts::sizeof(mem, it, obj, t.basicsize) + odict_extra(mem, obj)
+        }
         Kind::Dict => dicts::sizeof(mem, it, obj, t.basicsize),
         Kind::Set => {
             let table = mem.u64(obj + 40).unwrap_or(0);
@@ -118,10 +121,104 @@ pub fn getsizeof(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64) -> u64 {
                     }
             }
             Special::Struct => t.basicsize + struct_codes(mem, lay.major, obj),
+            Special::Gen if lay.at_least(3, 11) => {
+                super::frames::gen_size(mem, it, t.basicsize, obj).unwrap_or(t.basicsize)
+            }
+            Special::Frame if lay.at_least(3, 11) => {
+                super::frames::frame_size(mem, it, t.basicsize, obj).unwrap_or(t.basicsize)
+            }
+            Special::Frame => legacy_frame_size(mem, lay, t.basicsize, obj).unwrap_or_else(generic),
+            Special::Array => t.basicsize + array_items(mem, obj),
+            Special::BytesIo => t.basicsize + bytesio_buffer(mem, lay.major, obj),
             _ => generic(),
         },
     };
     base + t.pre
+}
+
+/// `frame_sizeof` up to 3.10: `sizeof(PyFrameObject)` (the basic size,
+/// which holds one slot) and a slot per stack entry, local, cell and free
+/// variable but that one, from the code object (`f_code`@32). Not from the
+/// frame's `ob_size`: a frame taken from a free list may be larger.
+fn legacy_frame_size(
+    mem: &Mem,
+    lay: &super::layout::Layout,
+    basicsize: u64,
+    obj: u64,
+) -> Option<u64> {
+    // (co_nlocals, co_stacksize, co_consts) in the code object.
+    let (nlocals, stacksize, consts) = match (lay.major, lay.minor) {
+        (2, _) => (20, 24, 40),
+        (3, 6 | 7) => (24, 28, 48),
+        (3, 8..=10) => (28, 32, 56),
+        _ => return None,
+    };
+    let code = mem.ptr(obj + 32).filter(|&c| c != 0)?;
+    let tuple_len = |off: u64| {
+        mem.ptr(code + off)
+            .filter(|&t| t != 0)
+            .and_then(|t| mem.u64(t + 16))
+            .filter(|&n| n < 1 << 20)
+    };
+    let extras = u64::from(mem.u32(code + nlocals)?).min(1 << 20)
+        + u64::from(mem.u32(code + stacksize)?).min(1 << 20)
+        + tuple_len(consts + 32)? // co_cellvars
+        + tuple_len(consts + 24)?; // co_freevars
+    Some(basicsize + 8 * extras.saturating_sub(1))
+}
+
+/// What `odict_sizeof` adds to the dict's size: the fast-lookup array
+/// (`od_fast_nodes_size`@72 pointers) and, unless it is empty
+/// (`od_first`@48 NULL), a 32-byte node per item (`ma_used`@16).
+fn odict_extra(mem: &Mem, obj: u64) -> u64 {
+    let fast = mem.u64(obj + 72).unwrap_or(0).min(1 << 40);
+    let used = match mem.u64(obj + 48) {
+        Some(first) if first != 0 => mem.u64(obj + 16).unwrap_or(0).min(1 << 40),
+        _ => 0,
+    };
+    8 * fast + 32 * used
+}
+
+/// An `array.array`'s allocated items: `allocated`@32 times the
+/// descriptor's (`ob_descr`@40) `itemsize`@4.
+fn array_items(mem: &Mem, obj: u64) -> u64 {
+    let allocated = mem.u64(obj + 32).unwrap_or(0).min(1 << 40);
+    let itemsize = mem
+        .ptr(obj + 40)
+        .filter(|&d| d != 0)
+        .and_then(|d| mem.u32(d + 4))
+        .map_or(0, |n| u64::from(n).min(64));
+    allocated * itemsize
+}
+
+/// A `BytesIO`'s buffer as its `__sizeof__` counts it. 3.x: the `bytes`
+/// object at `buf`@16, by its own size, unless another reference shares
+/// it (refcount > 1; its low 32 bits, which 3.14 keeps apart from flags).
+/// 2.7: `buf_size`@40 when `buf`@16 is set.
+fn bytesio_buffer(mem: &Mem, major: u8, obj: u64) -> u64 {
+    let buf = mem.ptr(obj + 16).unwrap_or(0);
+    if buf == 0 {
+        return 0;
+    }
+    if major == 2 {
+        return mem.u64(obj + 40).unwrap_or(0).min(1 << 40);
+    }
+    if mem.u32(buf).is_none_or(|r| r > 1) {
+        return 0;
+    }
+    let Some(ty) = mem.ptr(buf + 8).filter(|&t| t != 0) else {
+        return 0;
+    };
+    let basic = mem
+        .u64(ty + super::layout::tp::BASICSIZE)
+        .unwrap_or(0)
+        .min(1 << 16);
+    let item = mem
+        .u64(ty + super::layout::tp::ITEMSIZE)
+        .unwrap_or(0)
+        .min(8);
+    let len = mem.u64(buf + 16).unwrap_or(0).min(1 << 40);
+    basic + item * len
 }
 
 /// The format codes of a `_struct.Struct`, in bytes, with their

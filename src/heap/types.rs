@@ -80,6 +80,15 @@ pub enum Special {
     /// A frame object: decoded as `frame_traverse` visits it, not scanned
     /// (the unused part of its value stack holds stale pointers).
     Frame,
+    /// A generator, coroutine or async generator: on 3.11+ its frame is
+    /// inline, decoded like a frame's (`heap::frames`).
+    Gen,
+    /// `collections.OrderedDict` (3.x): `__sizeof__` adds its linked list.
+    OrderedDict,
+    /// `array.array`: `__sizeof__` adds the allocated items.
+    Array,
+    /// `_io.BytesIO`: `__sizeof__` adds its buffer unless it is shared.
+    BytesIo,
 }
 
 impl TypeInfo {
@@ -238,6 +247,10 @@ impl Types {
                     }
                     "_struct.Struct" | "Struct" => Special::Struct,
                     "frame" => Special::Frame,
+                    "generator" | "coroutine" | "async_generator" => Special::Gen,
+                    "collections.OrderedDict" => Special::OrderedDict,
+                    "array.array" => Special::Array,
+                    "_io.BytesIO" => Special::BytesIo,
                     _ => Special::None,
                 };
             }

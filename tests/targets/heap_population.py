@@ -79,6 +79,53 @@ pops["sets"] = [set(range(i % 20)) for i in range(300 * S)]
 pops["frozensets"] = [frozenset(("f%d" % i, i)) for i in range(300 * S)]
 pops["big_dicts"] = [dict((j, j) for j in range(i * 50)) for i in range(1, 6)]
 pops["classes"] = [WithDict, WithSlots, Wide, Node, int, str, dict, type, object]
+
+# Types whose __sizeof__ counts memory outside the object.
+import array
+import collections
+import io
+pops["arrays"] = [array.array("d" if i % 2 else "b", range(i % 40)) for i in range(400 * S)]
+pops["bytesios"] = [io.BytesIO(b"q" * (i % 90)) for i in range(300 * S)]
+pops["deques"] = [collections.deque(range(i % 200)) for i in range(200 * S)]
+if sys.version_info >= (3,):
+    # (2.7's OrderedDict is a Python class.)
+    pops["ordered_dicts"] = [collections.OrderedDict((k, k) for k in range(i % 12))
+                             for i in range(300 * S)]
+
+
+# Frames and generators: sized by their code object; what their locals
+# hold is theirs ("holds NAME HOLDER HELD": HELD is a referent of HOLDER).
+def held_gen(i):
+    buf = ("gen-local-%d" % i).encode("ascii")
+    yield buf
+    yield i
+
+
+def failing(i):
+    payload = ("frame-local-%d" % i).encode("ascii")
+    raise KeyError(payload)
+
+
+holds = []
+gens = [held_gen(i) for i in range(300 * S)]
+for g in gens[::2]:
+    held = next(g)
+    # (Up to 3.10 a generator's frame is an object of its own.)
+    holds.append(("generator", g if sys.version_info >= (3, 11) else g.gi_frame, held))
+finished = [held_gen(i) for i in range(100 * S)]
+for g in finished:
+    list(g)
+pops["generators"] = gens + finished
+frames = []
+for i in range(200 * S):
+    try:
+        failing(i)
+    except KeyError:
+        tb = sys.exc_info()[2]
+        frames.append(tb.tb_next.tb_frame)
+        holds.append(("frame", tb.tb_next.tb_frame, sys.exc_info()[1].args[0]))
+        del tb
+pops["frames"] = frames
 # A tree of plain instances (dicts of Node).
 root = Node()
 cur = root
@@ -95,6 +142,9 @@ for name in sorted(pops):
     items = pops[name]
     size = sum(sys.getsizeof(o) for o in items)
     _target.emit("pop", "%s %d %d %d" % (name, id(items), len(items), size))
+
+for name, holder, held in holds[:50]:
+    _target.emit("holds", "%s %d %d" % (name, id(holder), id(held)))
 
 fifo = os.path.join(os.environ.get("TMPDIR", "/tmp"), "heap_population.fifo")
 os.mkfifo(fifo)
