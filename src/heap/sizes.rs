@@ -51,6 +51,11 @@ pub fn getsizeof(mem: &Mem, it: &Interpreter, t: &TypeInfo, obj: u64) -> u64 {
             }
         }
         Kind::Unicode => unicode_size(mem, it, t, obj),
+        // 2.7 `str.__sizeof__` counts `str`'s own header, not a subclass's
+        // (whose basic size adds its `__dict__` pointer).
+        Kind::Bytes if lay.major == 2 => {
+            t.static_basicsize + t.itemsize * ob_size().clamp(0, 1 << 40) as u64
+        }
         Kind::Long => {
             if lay.long_tag {
                 let ndigits = mem.u64(obj + 16).unwrap_or(0) >> 3;

@@ -80,6 +80,24 @@ pops["frozensets"] = [frozenset(("f%d" % i, i)) for i in range(300 * S)]
 pops["big_dicts"] = [dict((j, j) for j in range(i * 50)) for i in range(1, 6)]
 pops["classes"] = [WithDict, WithSlots, Wide, Node, int, str, dict, type, object]
 
+# Subclasses of builtins (2.7 str.__sizeof__ counts str's header, not the
+# subclass's).
+class Text(str):
+    pass
+
+
+class Blob(bytes):
+    pass
+
+
+class Count(int):
+    pass
+
+
+pops["subclassed"] = ([Text("text-%d" % i) for i in range(300 * S)]
+                      + [Blob(b"b" * (i % 33)) for i in range(300 * S)]
+                      + [Count(i * 7) for i in range(300 * S)])
+
 # Types whose __sizeof__ counts memory outside the object.
 import array
 import collections
