@@ -38,6 +38,8 @@ pub struct Builtins {
     pub list: u64,
     pub tuple: u64,
     pub dict: u64,
+    /// 3.15+ `frozendict`: a dict (and its hash) that is no dict subclass.
+    pub frozendict: u64,
     pub set: u64,
     pub frozenset: u64,
     /// 3.x `str`; 2.7 `unicode`.
@@ -165,6 +167,7 @@ pub(super) fn locate_heads(
         list: sym("PyList_Type")?,
         tuple: sym("PyTuple_Type")?,
         dict: sym("PyDict_Type")?,
+        frozendict: opt("PyFrozenDict_Type"),
         set: opt("PySet_Type"),
         frozenset: opt("PyFrozenSet_Type"),
         unicode: sym("PyUnicode_Type")?,

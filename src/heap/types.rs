@@ -331,7 +331,7 @@ fn builtin_kind(b: &super::roots::Builtins, t: u64) -> Option<Kind> {
         Kind::List
     } else if t == b.tuple {
         Kind::Tuple
-    } else if t == b.dict {
+    } else if t == b.dict || (t == b.frozendict && t != 0) {
         Kind::Dict
     } else if t == b.set || t == b.frozenset {
         Kind::Set

@@ -98,6 +98,12 @@ pops["subclassed"] = ([Text("text-%d" % i) for i in range(300 * S)]
                       + [Blob(b"b" * (i % 33)) for i in range(300 * S)]
                       + [Count(i * 7) for i in range(300 * S)])
 
+try:
+    pops["frozendicts"] = [frozendict(("fk-%d-%d" % (i, k), k) for k in range(i % 9))  # noqa: F821
+                           for i in range(300 * S)]
+except NameError:
+    pass  # (3.15+)
+
 # Types whose __sizeof__ counts memory outside the object.
 import array
 import collections

@@ -256,9 +256,10 @@ class _census_Census(_census_Registry):
         constants, names and bytecode of code objects (not traversed)."""
         t = self.t
         out = []
-        m = self.mask(keys, present, self.groups[_CENSUS_F_DICT])
-        if m is not None:
-            out.append(t['chain'](t['map'](t['keys'], t['compress'](objs, m))))
+        for g, fn in ((_CENSUS_F_DICT, t['keys']), (_CENSUS_F_FDICT, t['fdkeys'])):
+            m = self.mask(keys, present, self.groups[g]) if fn is not None else None
+            if m is not None:
+                out.append(t['chain'](t['map'](fn, t['compress'](objs, m))))
         m = self.mask(keys, present, self.groups[_CENSUS_F_CODE])
         if m is not None:
             out.append(t['chain'](t['map'](t['code_attrs'], t['compress'](objs, m))))

@@ -19,6 +19,12 @@ _CENSUS_F_OLDSTYLE = 32  # Python 2 old-style instance: counted under its class
 _CENSUS_F_GC = 64        # may refer to other objects (gc.get_referents)
 _CENSUS_F_FP = 128       # exact int or float: fingerprinted (growth)
 _CENSUS_F_WEAKREF = 256  # weak reference: ours when its referent is
+_CENSUS_F_FDICT = 512    # 3.15+ frozendict (no dict subclass): its keys too
+
+try:
+    _census_frozendict = frozendict  # noqa: F821  (a builtin from 3.15)
+except NameError:
+    _census_frozendict = None
 
 
 class _census_Plain(object):
@@ -52,6 +58,7 @@ def _census_tools():
         t['zip'] = zip
         t['filterfalse'] = itertools.filterfalse
         t['keys'] = dict.keys
+    t['fdkeys'] = _census_frozendict.keys if _census_frozendict is not None else None
     t['compress'] = itertools.compress
     t['chain'] = itertools.chain.from_iterable
     t['repeat'] = itertools.repeat
@@ -237,6 +244,8 @@ def _census_type_flags(t, code_type, module_type, classobj_type, weakref_type):
             f |= _CENSUS_F_GC
         if issubclass(t, dict):
             f |= _CENSUS_F_DICT
+        if _census_frozendict is not None and issubclass(t, _census_frozendict):
+            f |= _CENSUS_F_FDICT
         if t is code_type:
             f |= _CENSUS_F_CODE
         if issubclass(t, module_type):
@@ -282,7 +291,7 @@ class _census_Registry(object):
         self.groups = {}   # flag -> set of keys
         for f in (_CENSUS_F_DICT, _CENSUS_F_CODE, _CENSUS_F_PLAIN, _CENSUS_F_MODULE,
                   _CENSUS_F_TYPE, _CENSUS_F_OLDSTYLE, _CENSUS_F_GC, _CENSUS_F_FP,
-                  _CENSUS_F_WEAKREF):
+                  _CENSUS_F_WEAKREF, _CENSUS_F_FDICT):
             self.groups[f] = set()
         self.owner_keys = set()   # module, class or old-style instance
         self.stale_keys = set()   # module or class
