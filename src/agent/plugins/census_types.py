@@ -21,10 +21,8 @@ _CENSUS_F_FP = 128       # exact int or float: fingerprinted (growth)
 _CENSUS_F_WEAKREF = 256  # weak reference: ours when its referent is
 _CENSUS_F_FDICT = 512    # 3.15+ frozendict (no dict subclass): its keys too
 
-try:
-    _census_frozendict = frozendict  # noqa: F821  (a builtin from 3.15)
-except NameError:
-    _census_frozendict = None
+# A builtin from 3.15 (looked up, not named: older interpreters lack it).
+_census_frozendict = getattr(_builtins, 'frozendict', None)
 
 
 class _census_Plain(object):
