@@ -97,6 +97,13 @@ impl FrameLayout {
         (n < MAX_SLOTS && s < MAX_SLOTS).then_some(n + s)
     }
 
+    /// The basic size and a slot per local and stack entry of the code of
+    /// the frame at `iframe`.
+    fn sized(&self, mem: &Mem, it: &Interpreter, basicsize: u64, iframe: u64) -> Option<u64> {
+        let code = self.code_of(mem, it, iframe)?;
+        Some(basicsize + 8 * self.slots(mem, code)?)
+    }
+
     /// `_PyFrame_Traverse`: the frame object, locals dict, function and
     /// code, then the locals and the value stack up to its top.
     fn traverse(&self, mem: &Mem, it: &Interpreter, iframe: u64, f: &mut Sink) {
@@ -131,22 +138,26 @@ impl FrameLayout {
     }
 }
 
-/// Where a generator's (coroutine's, async generator's) frame starts: it
-/// is the object's last field, and the type's basic size ends at its
-/// `localsplus`.
-fn gen_frame(fl: &FrameLayout, basicsize: u64, obj: u64) -> Option<u64> {
+/// Where the frame inside an object starts: it is the object's last
+/// field, the type's basic size ends at its `localsplus`, and the object's
+/// own fields before it take at least `head` bytes.
+fn inline_frame(fl: &FrameLayout, basicsize: u64, obj: u64, head: u64) -> Option<u64> {
     basicsize
         .checked_sub(fl.localsplus)
-        .filter(|&o| o >= 16)
+        .filter(|&o| o >= head)
         .map(|o| obj + o)
 }
+
+/// A generator's head: its object header.
+const GEN_HEAD: u64 = 16;
+/// A frame object's: its header, `f_back` and `f_frame`.
+const FRAME_HEAD: u64 = 32;
 
 /// `gen_sizeof`: the fixed part and a slot per local and stack entry.
 pub fn gen_size(mem: &Mem, it: &Interpreter, basicsize: u64, obj: u64) -> Option<u64> {
     let fl = FrameLayout::of(&it.layout)?;
-    let iframe = gen_frame(&fl, basicsize, obj)?;
-    let code = fl.code_of(mem, it, iframe)?;
-    Some(basicsize + 8 * fl.slots(mem, code)?)
+    let iframe = inline_frame(&fl, basicsize, obj, GEN_HEAD)?;
+    fl.sized(mem, it, basicsize, iframe)
 }
 
 /// `frame_sizeof` (3.11+): the same, for the code of the frame it shows
@@ -154,8 +165,7 @@ pub fn gen_size(mem: &Mem, it: &Interpreter, basicsize: u64, obj: u64) -> Option
 pub fn frame_size(mem: &Mem, it: &Interpreter, basicsize: u64, obj: u64) -> Option<u64> {
     let fl = FrameLayout::of(&it.layout)?;
     let iframe = mem.ptr(obj + F_FRAME).filter(|&p| valid_ptr(p))?;
-    let code = fl.code_of(mem, it, iframe)?;
-    Some(basicsize + 8 * fl.slots(mem, code)?)
+    fl.sized(mem, it, basicsize, iframe)
 }
 
 /// A generator's referents past its head (which the caller scans): its
@@ -164,7 +174,7 @@ pub fn gen_referents(mem: &Mem, it: &Interpreter, basicsize: u64, obj: u64, f: &
     let Some(fl) = FrameLayout::of(&it.layout) else {
         return;
     };
-    let Some(iframe) = gen_frame(&fl, basicsize, obj) else {
+    let Some(iframe) = inline_frame(&fl, basicsize, obj, GEN_HEAD) else {
         return;
     };
     match mem.u8(obj + fl.gen_state) {
@@ -185,11 +195,7 @@ pub fn frame_referents(mem: &Mem, it: &Interpreter, basicsize: u64, obj: u64, f:
     let Some(fl) = FrameLayout::of(&it.layout) else {
         return;
     };
-    let Some(own) = basicsize
-        .checked_sub(fl.localsplus)
-        .filter(|&o| o >= 32)
-        .map(|o| obj + o)
-    else {
+    let Some(own) = inline_frame(&fl, basicsize, obj, FRAME_HEAD) else {
         return;
     };
     if mem.ptr(obj + F_FRAME) == Some(own) && mem.u8(own + fl.owner) == Some(OWNED_BY_FRAME_OBJECT)

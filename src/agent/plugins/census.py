@@ -256,13 +256,12 @@ class _census_Census(_census_Registry):
         constants, names and bytecode of code objects (not traversed)."""
         t = self.t
         out = []
-        for g, fn in ((_CENSUS_F_DICT, t['keys']), (_CENSUS_F_FDICT, t['fdkeys'])):
-            m = self.mask(keys, present, self.groups[g]) if fn is not None else None
+        # (No type has the frozendict flag where frozendict does not exist.)
+        for g, fn in ((_CENSUS_F_DICT, t['keys']), (_CENSUS_F_FDICT, t['fdkeys']),
+                      (_CENSUS_F_CODE, t['code_attrs'])):
+            m = self.mask(keys, present, self.groups[g])
             if m is not None:
                 out.append(t['chain'](t['map'](fn, t['compress'](objs, m))))
-        m = self.mask(keys, present, self.groups[_CENSUS_F_CODE])
-        if m is not None:
-            out.append(t['chain'](t['map'](t['code_attrs'], t['compress'](objs, m))))
         return out
 
     def referents(self, objs, sizes):

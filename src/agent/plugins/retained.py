@@ -101,7 +101,7 @@ class _ret_Graph(_census_Census):
         out = []
         for g, fn in ((_CENSUS_F_DICT, t['keys']), (_CENSUS_F_FDICT, t['fdkeys']),
                       (_CENSUS_F_CODE, t['code_attrs'])):
-            m = self.mask(keys, present, self.groups[g]) if fn is not None else None
+            m = self.mask(keys, present, self.groups[g])
             if m is not None:
                 srcs = list(t['compress'](objs, m))
                 lists = list(t['map'](list, t['map'](fn, srcs)))

@@ -205,20 +205,15 @@ impl Ledger {
 
     /// Footprint growth per second of every growing type, claimed or not.
     pub fn footprint_rate(&self) -> f64 {
-        let bytes: i64 = self
-            .growing
-            .iter()
-            .map(|t| t.g.total_bytes_delta().max(0))
-            .sum();
-        if self.span > 0.0 {
-            bytes as f64 / self.span
-        } else {
-            0.0
-        }
+        self.over_span(self.growing.iter().map(|t| t.g.total_bytes_delta()).sum())
     }
 
     pub fn rate(&self, types: &[TypeGrowth]) -> f64 {
-        let bytes: i64 = types.iter().map(TypeGrowth::total_bytes_delta).sum();
+        self.over_span(types.iter().map(TypeGrowth::total_bytes_delta).sum())
+    }
+
+    /// `bytes` over the censuses' span, per second.
+    fn over_span(&self, bytes: i64) -> f64 {
         if self.span > 0.0 {
             bytes as f64 / self.span
         } else {

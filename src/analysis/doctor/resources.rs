@@ -299,6 +299,25 @@ fn stack_growth(stacks: &[StackSample]) -> Option<(u64, f64)> {
     Some((b.rss.saturating_sub(a.rss), rate))
 }
 
+/// RssAnon samples between `from` and `to`, judged only from when the
+/// agent's own memory was in place until its closing reads began.
+fn settled_anon(obs: &Observation, from: f64, to: f64) -> Vec<(f64, u64)> {
+    let (settled, closing) = obs
+        .python
+        .as_ref()
+        .map_or((0.0, 0.0), |p| (p.settled_t, p.closing_t));
+    let closing = if closing > settled {
+        closing
+    } else {
+        f64::INFINITY
+    };
+    obs.samples
+        .iter()
+        .filter(|x| x.t >= from.max(settled) && x.t <= to.min(closing))
+        .map(|x| (x.t, x.status.rss_anon))
+        .collect()
+}
+
 /// Anonymous growth over the stacks' window that neither the stacks nor
 /// Python objects (`python_rate`, their footprint) explain, up to
 /// THREAD_NATIVE per new thread: what the interpreter and libc keep per
@@ -315,21 +334,9 @@ fn thread_native_rate(
     let (Some(a), Some(b)) = (obs.stacks.first(), obs.stacks.last()) else {
         return 0.0;
     };
-    // Judge the growth from when the agent's own memory was in place.
-    let (settled, closing) = obs
-        .python
-        .as_ref()
-        .map_or((0.0, 0.0), |p| (p.settled_t, p.closing_t));
-    let end = if closing > settled {
-        b.t.min(closing)
-    } else {
-        b.t
-    };
-    let points: Vec<(f64, f64)> = obs
-        .samples
-        .iter()
-        .filter(|x| x.t >= a.t.max(settled) && x.t <= end)
-        .map(|x| (x.t, x.status.rss_anon as f64))
+    let points: Vec<(f64, f64)> = settled_anon(obs, a.t, b.t)
+        .into_iter()
+        .map(|(t, v)| (t, v as f64))
         .collect();
     let Some(anon_rate) = rates::theil_sen(&points) else {
         return 0.0;
@@ -518,22 +525,7 @@ pub fn native(
         }
         return;
     }
-    // Judge the growth from when the agent's own memory was in place.
-    let (settled, closing) = obs
-        .python
-        .as_ref()
-        .map_or((0.0, 0.0), |p| (p.settled_t, p.closing_t));
-    let closing = if closing > settled {
-        closing
-    } else {
-        f64::INFINITY
-    };
-    let points: Vec<(f64, u64)> = obs
-        .samples
-        .iter()
-        .filter(|x| x.t >= settled && x.t <= closing)
-        .map(|x| (x.t, x.status.rss_anon))
-        .collect();
+    let points = settled_anon(obs, f64::NEG_INFINITY, f64::INFINITY);
     let Some(first) = points.first() else { return };
     let floor = classify::MIN_ANON_BYTES.max(first.1 / 100 * classify::MIN_ANON_PERCENT);
     let Some((rss_anon, window)) = trend::rising(&points, floor) else {
