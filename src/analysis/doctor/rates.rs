@@ -89,8 +89,9 @@ pub fn slope_second_half(series: &[(f64, u64)], from: f64, to: f64) -> Option<Rs
     })
 }
 
-/// The RSS slope of the observation (see [`RssSlope`]).
-pub fn rss_slope(obs: &Observation) -> Option<RssSlope> {
+/// When growth can be judged: from when the agent's own memory was in
+/// place until its closing reads began (to the end when there were none).
+pub fn settled_window(obs: &Observation) -> (f64, f64) {
     let (settled, closing) = obs
         .python
         .as_ref()
@@ -100,6 +101,12 @@ pub fn rss_slope(obs: &Observation) -> Option<RssSlope> {
     } else {
         f64::INFINITY
     };
+    (settled, to)
+}
+
+/// The RSS slope of the observation (see [`RssSlope`]).
+pub fn rss_slope(obs: &Observation) -> Option<RssSlope> {
+    let (settled, to) = settled_window(obs);
     let series: Vec<(f64, u64)> = obs.samples.iter().map(|s| (s.t, s.status.vm_rss)).collect();
     // A window cut too short by a late settle falls back to all of it.
     slope_second_half(&series, settled, to).or_else(|| slope_second_half(&series, 0.0, to))

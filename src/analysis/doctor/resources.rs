@@ -299,18 +299,10 @@ fn stack_growth(stacks: &[StackSample]) -> Option<(u64, f64)> {
     Some((b.rss.saturating_sub(a.rss), rate))
 }
 
-/// RssAnon samples between `from` and `to`, judged only from when the
-/// agent's own memory was in place until its closing reads began.
+/// RssAnon samples between `from` and `to`, within the window where growth
+/// can be judged ([`rates::settled_window`]).
 fn settled_anon(obs: &Observation, from: f64, to: f64) -> Vec<(f64, u64)> {
-    let (settled, closing) = obs
-        .python
-        .as_ref()
-        .map_or((0.0, 0.0), |p| (p.settled_t, p.closing_t));
-    let closing = if closing > settled {
-        closing
-    } else {
-        f64::INFINITY
-    };
+    let (settled, closing) = rates::settled_window(obs);
     obs.samples
         .iter()
         .filter(|x| x.t >= from.max(settled) && x.t <= to.min(closing))
